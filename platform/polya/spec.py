@@ -1,0 +1,436 @@
+"""The `PolyaRun` resource as pydantic v2 models: the one source of truth for configuration.
+
+The CRD schema (`polya crd`), `polya validate`, the operator's admission checks and every stage read
+these models. Field names are the camelCase names users write in YAML; Python code reads them with the
+same names. Unknown fields are refused everywhere (``extra="forbid"``), and every rule a field has is
+written as a constraint here so that it reaches the CRD (ranges, enums, patterns) or, for rules across
+fields, as a ``model_validator`` plus a CEL rule (``x-kubernetes-validations``) in the CRD.
+"""
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+API_GROUP = "polya.dev"
+API_VERSION = "v1alpha1"
+KIND = "PolyaRun"
+PLURAL = "polyaruns"
+SHORT_NAMES = ["prun"]
+
+#: URI schemes accepted for `spec.storage.uri` (no scheme = a local path). PVC mounts are local paths.
+STORAGE_SCHEMES = ("file", "s3", "gs", "gcs", "az", "abfs", "abfss", "hdfs")
+#: built-in models (`builtin:<name>`); see polya.models
+BUILTIN_MODELS = ("smollm2-135m-instruct",)
+#: built-in question sets (`builtin:<name>`); see polya.data
+BUILTIN_DATASETS = ("arithmetic",)
+#: built-in reward models / encoders (`builtin:<name>`)
+BUILTIN_ENCODERS = ("all-minilm-l6-v2",)
+#: schemes a model or dataset may be read from, besides local paths and hub names
+SOURCE_SCHEMES = ("builtin", "hf") + STORAGE_SCHEMES
+
+_URI_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*):(//)?(.*)$")
+
+
+def uri_scheme(uri: str) -> str | None:
+    """The scheme of ``uri`` (``s3`` for ``s3://b/k``, ``builtin`` for ``builtin:x``), None for a path."""
+    m = _URI_RE.match(uri)
+    if not m or (len(m.group(1)) == 1 and m.group(2) is None):  # "C:\\" style drive letters
+        return None
+    return m.group(1).lower()
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegInt = Annotated[int, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+def _check_source(value: str, *, what: str, builtins: tuple[str, ...]) -> str:
+    value = value.strip()
+    if not value:
+        raise ValueError(f"{what} must not be empty")
+    scheme = uri_scheme(value)
+    if scheme is None:
+        return value  # a local path or a hub name (org/name)
+    if scheme not in SOURCE_SCHEMES:
+        raise ValueError(
+            f"unsupported scheme {scheme!r} in {value!r}; use a local path, a hub name, "
+            f"or one of: {', '.join(s + ':' for s in SOURCE_SCHEMES)}"
+        )
+    if scheme == "builtin":
+        name = value.split(":", 1)[1]
+        if name not in builtins:
+            raise ValueError(
+                f"unknown builtin {name!r}; known: {', '.join('builtin:' + b for b in builtins)}"
+            )
+    return value
+
+
+# --------------------------------------------------------------------------------------------- inputs
+class ModelSpec(_Model):
+    """The base model every stage starts from."""
+
+    name: str = Field(
+        min_length=1,
+        description="Hub name (org/name), local path, storage URI, or builtin:smollm2-135m-instruct.",
+    )
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
+    dtype: Literal["bfloat16", "float32"] = Field(
+        default="bfloat16", description="Weights dtype for rollout engines and learners."
+    )
+    trustRemoteCode: bool = Field(default=False, description="Allow custom modelling code from the hub.")
+    maxModelLen: PositiveInt = Field(default=4096, description="Context length for engines and learners.")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _check_source(v, what="model.name", builtins=BUILTIN_MODELS)
+
+
+class QuestionSourceSpec(_Model):
+    """Where questions and gold answers come from, and which fields hold them."""
+
+    source: str = Field(
+        min_length=1,
+        description="builtin:arithmetic, hf://org/name, a .jsonl/.json/.parquet path or storage URI.",
+    )
+    split: str = Field(default="train", min_length=1, description="Split of a hub dataset.")
+    questionField: str = Field(default="problem", min_length=1, description="Field holding the question.")
+    answerField: str = Field(default="answer", min_length=1, description="Field holding the gold answer.")
+    answerFormat: Literal["auto", "raw", "hash", "boxed"] = Field(
+        default="auto",
+        description="raw: the cell as is; hash: text after '####' (GSM8K); boxed: last \\boxed{} of the cell; "
+        "auto: first element of a list, else the '####' tail if present, else raw.",
+    )
+    idField: str | None = Field(default=None, description="Field holding a stable question id (else the row index).")
+    limit: PositiveInt | None = Field(default=None, description="Use only the first `limit` questions.")
+    seed: int = Field(default=0, description="Seed of builtin generators (use different seeds for training and benchmark sets).")
+    difficulty: list[Annotated[int, Field(ge=1, le=3)]] = Field(
+        default_factory=lambda: [1, 2],
+        min_length=1,
+        description="Difficulty levels (1-3) for builtin:arithmetic; ignored for other sources.",
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        return _check_source(v, what="source", builtins=BUILTIN_DATASETS)
+
+
+class DatasetSpec(QuestionSourceSpec):
+    """The training questions (self-generation, STaR and GRPO prompts)."""
+
+
+class HeuristicsSpec(_Model):
+    """Which catalogue heuristics to use: the first `count` of the nested catalogue, or explicit ids."""
+
+    count: Annotated[int, Field(ge=1, le=64)] | None = Field(
+        default=None, description="Use the first `count` heuristics (1-64; nested: n=4 is inside n=16)."
+    )
+    names: list[str] | None = Field(
+        default=None, min_length=1, description="Explicit heuristic ids from the catalogue (`polya heuristics`)."
+    )
+    fewShot: bool = Field(default=True, description="Add one worked example to every prompt.")
+
+    @field_validator("names")
+    @classmethod
+    def _known_names(cls, names: list[str] | None) -> list[str] | None:
+        if names is None:
+            return None
+        from polya.heuristics import CATALOGUE_IDS
+
+        unknown = [n for n in names if n not in CATALOGUE_IDS]
+        if unknown:
+            raise ValueError(f"unknown heuristic id(s) {unknown}; `polya heuristics` lists the 64 known ids")
+        if len(set(names)) != len(names):
+            raise ValueError("an id is listed twice")
+        return names
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "HeuristicsSpec":
+        if self.count is not None and self.names is not None:
+            raise ValueError("set either heuristics.count or heuristics.names, not both")
+        if self.count is None and self.names is None:
+            self.count = 16
+        return self
+
+    def selected_ids(self) -> list[str]:
+        from polya.heuristics import select
+
+        return [h.id for h in select(count=self.count, names=self.names)]
+
+
+class StorageSpec(_Model):
+    uri: str = Field(min_length=1, description="Run folder: a local path (embedded, PVC) or s3:// gs:// az:// URI.")
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        scheme = uri_scheme(v)
+        if scheme is not None and scheme not in STORAGE_SCHEMES:
+            raise ValueError(
+                f"unsupported storage scheme {scheme!r}; use a local path or one of: "
+                + ", ".join(s + "://" for s in STORAGE_SCHEMES)
+            )
+        return v
+
+
+# ------------------------------------------------------------------------------------------- resources
+class Toleration(_Model):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    tolerationSeconds: int | None = None
+
+
+class ClusterSpec(_Model):
+    """How stage RayJobs are placed on a cluster (ignored by the embedded runner)."""
+
+    image: str | None = Field(default=None, description="Container image for Ray pods (operator default if empty).")
+    rayVersion: str = Field(default="2.60.0", description="Ray version of the image.")
+    cpusPerWorker: Annotated[float, Field(gt=0)] = Field(default=8, description="CPU request per Ray worker pod.")
+    memoryPerWorker: str = Field(default="32Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$")
+    gpuResource: str = Field(default="nvidia.com/gpu", description="Extended resource name of a GPU.")
+    nodeSelector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    serviceAccountName: str | None = None
+
+
+class SamplingSpec(_Model):
+    temperature: Annotated[float, Field(ge=0.0)] = Field(default=1.0, description="0 = greedy.")
+    topP: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    maxTokens: PositiveInt = Field(default=1024, description="Generated tokens per completion.")
+
+
+class RolloutSpec(SamplingSpec):
+    """Rollout engines behind Ray Serve (vLLM where it imports)."""
+
+    replicas: PositiveInt = 1
+    gpusPerReplica: Annotated[float, Field(ge=0)] = Field(default=0, description="0 on CPU machines.")
+    engine: Literal["auto", "vllm", "transformers"] = Field(
+        default="auto", description="auto = vLLM where it imports, else transformers."
+    )
+    maxNumSeqs: PositiveInt = Field(default=64, description="Concurrent sequences per engine.")
+
+
+# ------------------------------------------------------------------------------------------------ stages
+class SelfGenerationSpec(RolloutSpec):
+    samplesPerHeuristic: PositiveInt = Field(default=4, description="Completions per (question, heuristic).")
+    temperature: Annotated[float, Field(ge=0.0)] = 0.8
+    maxTokens: PositiveInt = 2048
+    inputUri: str | None = Field(default=None, description="Reuse this self-generation artifact instead of running.")
+
+
+class RewardModelSpec(_Model):
+    kind: Literal["judge", "classifier", "embedding"] = Field(
+        default="embedding",
+        description="judge: generative judge; classifier: sequence-classification RM; embedding: sentence-encoder similarity.",
+    )
+    name: str | None = Field(
+        default=None,
+        description="Model of the scorer (required for judge and classifier; default builtin:all-minilm-l6-v2).",
+    )
+    replicas: PositiveInt = 1
+    gpusPerReplica: Annotated[float, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _name_needed(self) -> "RewardModelSpec":
+        if self.name is None:
+            if self.kind != "embedding":
+                raise ValueError(f"filtering.rewardModel.name is required when kind is {self.kind!r}")
+            self.name = "builtin:all-minilm-l6-v2"
+        else:
+            _check_source(self.name, what="rewardModel.name", builtins=BUILTIN_MODELS + BUILTIN_ENCODERS)
+        return self
+
+
+class FilteringSpec(_Model):
+    rewardModel: RewardModelSpec = Field(default_factory=RewardModelSpec)
+    keepIncorrect: Fraction = Field(default=0.0, description="Fraction of incorrect traces admitted (ablation).")
+    mode: Literal["heuristic", "star"] = Field(
+        default="heuristic", description="heuristic: best trace per (question, heuristic); star: one per question."
+    )
+    verifyTimeoutSeconds: Annotated[float, Field(gt=0)] = Field(default=5.0, description="Per-item math-verify limit.")
+    verifyWorkers: PositiveInt = Field(default=2, description="Processes verifying answers.")
+    inputUri: str | None = None
+
+
+class LearnerSpec(_Model):
+    learningRate: Annotated[float, Field(gt=0)] = 1.0e-5
+    workers: PositiveInt = Field(default=1, description="Ray Train workers (one DeepSpeed rank each).")
+    gpusPerWorker: Annotated[float, Field(ge=0)] = 0
+    zeroStage: Annotated[int, Field(ge=0, le=3)] = Field(default=2, description="DeepSpeed ZeRO stage 0-3.")
+    precision: Literal["bf16", "fp32"] = "bf16"
+    gradientCheckpointing: bool = False
+    microBatchSize: PositiveInt = Field(default=1, description="Sequences per worker per forward pass.")
+    weightDecay: Annotated[float, Field(ge=0)] = 0.0
+    maxGradNorm: Annotated[float, Field(gt=0)] = 1.0
+    warmupRatio: Fraction = 0.03
+    checkpointEvery: PositiveInt = Field(default=50, description="Optimizer steps between checkpoints.")
+    offloadOptimizer: bool = False
+    inputUri: str | None = Field(default=None, description="Start from this model artifact instead of the previous stage.")
+
+
+class MidTrainingSpec(LearnerSpec):
+    enabled: bool = True
+    epochs: PositiveInt = 3
+    batchSize: PositiveInt = Field(default=64, description="Global batch (sequences per optimizer step).")
+    maxSeqLen: PositiveInt = 4096
+
+
+class GRPOSpec(LearnerSpec):
+    enabled: bool = True
+    learningRate: Annotated[float, Field(gt=0)] = 1.0e-6
+    steps: PositiveInt = 500
+    promptsPerStep: PositiveInt = 64
+    groupSize: Annotated[int, Field(ge=2)] = Field(default=8, description="Completions per prompt (>= 2).")
+    klCoef: Annotated[float, Field(ge=0)] = Field(default=0.001, description="0 loads no reference model.")
+    clipRatio: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    clipRatioHigh: Annotated[float, Field(gt=0, lt=1)] | None = Field(
+        default=None, description="Upper clip (DAPO clip-higher); default = clipRatio."
+    )
+    mu: PositiveInt = Field(default=1, description="Inner optimisation epochs per batch of rollouts.")
+    lossAggregation: Literal["token", "sequence"] = "token"
+    scaleRewards: bool = Field(default=True, description="Divide advantages by the group std (off = Dr. GRPO).")
+    formatReward: Annotated[float, Field(ge=0)] = Field(default=0.0, description="Reward for a boxed final answer.")
+    dynamicSampling: bool = Field(default=False, description="Resample groups whose rewards are all equal.")
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+
+    @property
+    def clip_high(self) -> float:
+        return self.clipRatioHigh if self.clipRatioHigh is not None else self.clipRatio
+
+
+class BenchmarkSpec(QuestionSourceSpec):
+    name: str = Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9_.-]*$", description="Short name used in reports.")
+    split: str = Field(default="test", min_length=1)
+
+
+class CompositionSpec(_Model):
+    enabled: bool = True
+    classifier: Literal["embedding", "judge"] = "embedding"
+    threshold: Annotated[float, Field(ge=-1, le=1)] = Field(
+        default=0.35, description="Similarity above which a heuristic counts as used (embedding classifier)."
+    )
+
+
+class EvaluationSpec(SamplingSpec):
+    benchmarks: list[BenchmarkSpec] = Field(min_length=1)
+    samples: Annotated[int, Field(ge=1, le=1024)] = Field(default=64, description="Completions per problem.")
+    k: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64], min_length=1)
+    temperature: Annotated[float, Field(ge=0.0)] = 0.6
+    serve: bool = Field(default=False, description="Keep rollout and reward-model endpoints up (RayService).")
+    replicas: PositiveInt = 1
+    gpusPerReplica: Annotated[float, Field(ge=0)] = 0
+    composition: CompositionSpec = Field(default_factory=CompositionSpec)
+
+    @field_validator("k")
+    @classmethod
+    def _k_le_samples(cls, k: list[int], info: ValidationInfo) -> list[int]:
+        samples = info.data.get("samples")
+        bad = [x for x in k if samples is not None and x > samples]
+        if bad:
+            raise ValueError(
+                f"every k must be <= evaluation.samples ({samples}); got k={bad}: raise samples or drop those k"
+            )
+        return sorted(set(k))
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _unique_names(cls, benchmarks: list[BenchmarkSpec]) -> list[BenchmarkSpec]:
+        names = [b.name for b in benchmarks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"benchmark names must be unique, got {names}")
+        return benchmarks
+
+
+class PolyaRunSpec(_Model):
+    model: ModelSpec
+    dataset: DatasetSpec
+    heuristics: HeuristicsSpec = Field(default_factory=HeuristicsSpec)
+    storage: StorageSpec
+    selfGeneration: SelfGenerationSpec = Field(default_factory=SelfGenerationSpec)
+    filtering: FilteringSpec = Field(default_factory=FilteringSpec)
+    midTraining: MidTrainingSpec = Field(default_factory=MidTrainingSpec)
+    grpo: GRPOSpec = Field(default_factory=GRPOSpec)
+    evaluation: EvaluationSpec
+    baselines: list[Literal["vanilla", "star"]] = Field(
+        default_factory=list, description="Extra arms: vanilla (GRPO without mid-training), star (STaR + GRPO)."
+    )
+    seed: int = 0
+    suspend: bool = Field(default=False, description="Pause: no new stage starts while true.")
+    maxStageRetries: Annotated[int, Field(ge=0, le=20)] = Field(default=2, description="Retries of a failed stage.")
+    cluster: ClusterSpec = Field(default_factory=ClusterSpec)
+
+    @model_validator(mode="after")
+    def _cross(self) -> "PolyaRunSpec":
+        if len(set(self.baselines)) != len(self.baselines):
+            raise ValueError("baselines lists an arm twice")
+        return self
+
+
+# ------------------------------------------------------------------------------------------------ status
+StagePhase = Literal["Pending", "Running", "Succeeded", "Failed", "Skipped"]
+RunPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
+
+
+class StageStatus(_Model):
+    name: str
+    phase: StagePhase = "Pending"
+    attempts: NonNegInt = 0
+    rayJobName: str | None = None
+    startTime: str | None = None
+    finishTime: str | None = None
+    artifactUri: str | None = None
+    message: str | None = None
+    figures: dict[str, float] = Field(default_factory=dict)
+
+
+class Condition(_Model):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str | None = None
+    message: str | None = None
+    lastTransitionTime: str | None = None
+
+
+class PolyaRunStatus(_Model):
+    phase: RunPhase = "Pending"
+    currentStage: str | None = None
+    stages: list[StageStatus] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list)
+    observedGeneration: int | None = None
+    message: str | None = None
+
+
+class ObjectMeta(BaseModel):
+    """Only the metadata fields Polya reads; the API server owns the rest."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=40)  # room for stage/arm suffixes in child names
+    namespace: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class PolyaRun(_Model):
+    apiVersion: Literal["polya.dev/v1alpha1"] = f"{API_GROUP}/{API_VERSION}"
+    kind: Literal["PolyaRun"] = KIND
+    metadata: ObjectMeta
+    spec: PolyaRunSpec
+    status: PolyaRunStatus | None = None
+
+
+#: stages in the order the recipe runs them
+STAGES = ("selfgen", "filter", "midtrain", "grpo", "evaluate")
+
+
+def load_run(doc: dict[str, Any]) -> PolyaRun:
+    """Validate a parsed manifest (raises pydantic.ValidationError)."""
+    return PolyaRun.model_validate(doc)
