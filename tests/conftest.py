@@ -15,6 +15,8 @@ SHARED = Path(os.environ.get("POLYA_SHARED", REPO.parent / "shared"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture
@@ -36,3 +38,36 @@ def shared_data() -> Path:
     if not data.is_dir():
         pytest.skip(f"benchmark files not found at {data} (set POLYA_SHARED); they are not part of the repo")
     return data
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One real local Ray (+ Serve) for the whole session: vLLM-cpu replicas and reward models live on it."""
+    import ray
+    from ray import serve
+
+    from polya.serve.launch import ensure_ray
+
+    ensure_ray(num_cpus=2)
+    yield ray
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def kube(tmp_path_factory):
+    """Kubeconfig of a real local API server with Polya's and KubeRay's CRDs installed."""
+    import kube as K
+    from kubernetes import client, config
+
+    reason = K.missing_reason()
+    if reason:
+        pytest.skip(reason)
+    state = tmp_path_factory.mktemp("kube")
+    kubeconfig = K.start(state)
+    try:
+        api = config.new_client_from_config(str(kubeconfig))
+        K.install_crds(api)
+        yield kubeconfig
+    finally:
+        K.stop(state)

@@ -46,18 +46,19 @@ def _cmd_crd(args: argparse.Namespace) -> int:
     from polya import crd
 
     text = crd.render_crd()
-    target = Path(args.path)
+    targets = [Path(args.path)] + ([crd.HELM_CRD_PATH] if args.path == str(crd.CRD_PATH) else [])
     if args.check:
-        current = target.read_text() if target.exists() else ""
-        if current != text:
-            console.print(f"[red]✗[/] {target} is out of date with platform/polya/spec.py; run `polya crd --write`")
-            return 1
-        out.print(f"[green]✓[/] {target} matches the models")
-        return 0
+        stale = [t for t in targets if not t.exists() or t.read_text() != text]
+        for t in stale:
+            console.print(f"[red]✗[/] {t} is out of date with platform/polya/spec.py; run `polya crd --write`")
+        if not stale:
+            out.print(f"[green]✓[/] {', '.join(map(str, targets))} match the models")
+        return 1 if stale else 0
     if args.write:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text)
-        out.print(f"wrote {target}")
+        for target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+            out.print(f"wrote {target}")
         return 0
     sys.stdout.write(text)
     return 0
@@ -89,7 +90,30 @@ def _cmd_heuristics(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from polya.pipeline import run_file
 
-    return run_file(args.file, only=args.only, metrics_port=args.metrics_port)
+    return run_file(args.file, only=args.only, metrics_port=args.metrics_port, dry_run=args.dry_run)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from polya.engines.base import EngineConfig
+    from polya.models import resolve
+    from polya.serve.launch import start_reward, start_rollout
+
+    cfg = EngineConfig(model=resolve(args.model), kind=args.engine, dtype=args.dtype, max_model_len=args.max_model_len,
+                       served_name=args.model, enforce_eager=args.gpus == 0)
+    start_rollout(cfg.__dict__, replicas=args.replicas, gpus_per_replica=args.gpus, http_port=args.port,
+                  max_tokens_limit=args.max_tokens_limit, route_prefix="/")
+    out.print(f"rollout: http://127.0.0.1:{args.port}/v1 (model {args.model!r}, {args.replicas} replica(s))")
+    if args.reward:
+        start_reward({"kind": "embedding"}, http_port=args.port)
+        out.print(f"reward model: POST http://127.0.0.1:{args.port}/score")
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    return 0
 
 
 def _cmd_stage(args: argparse.Namespace) -> int:
@@ -124,7 +148,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("file")
     r.add_argument("--only", choices=["selfgen", "filter", "midtrain", "grpo", "evaluate"], default=None)
     r.add_argument("--metrics-port", type=int, default=None)
+    r.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     r.set_defaults(func=_cmd_run)
+
+    sv = sub.add_parser("serve", help="serve a model with the OpenAI API (and /score) until interrupted")
+    sv.add_argument("model", help="hub name, path or builtin:smollm2-135m-instruct")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--replicas", type=int, default=1)
+    sv.add_argument("--gpus", type=float, default=0, help="GPUs per replica")
+    sv.add_argument("--engine", choices=["auto", "vllm", "transformers"], default="auto")
+    sv.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    sv.add_argument("--max-model-len", type=int, default=2048)
+    sv.add_argument("--max-tokens-limit", type=int, default=2048)
+    sv.add_argument("--reward", action="store_true", help="also serve the embedding reward model at /score")
+    sv.set_defaults(func=_cmd_serve)
 
     s = sub.add_parser("stage", help="run one stage (what each cluster RayJob runs)")
     s.add_argument("name", choices=["selfgen", "filter", "midtrain", "grpo", "evaluate"])

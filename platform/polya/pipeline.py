@@ -47,8 +47,63 @@ def _print_plan(run: PolyaRun) -> None:
     Console(stderr=True).print(table)
 
 
-def run_file(path: str, only: str | None = None, metrics_port: int | None = None) -> int:
+def _inputs_for(step: PlannedStage, done: dict[str, "object"]) -> dict:
+    """Artifacts a step reads: the previous stage of its arm (vanilla GRPO starts from the base model)."""
+    arm_done = {k.split("/", 1)[1]: v for k, v in done.items() if k.startswith(step.arm + "/")}
+    if step.stage == "filter":
+        return {"selfgen": arm_done["selfgen"]}
+    if step.stage == "midtrain":
+        return {"filter": arm_done["filter"]}
+    if step.stage == "grpo":
+        return {"model": arm_done["midtrain"]} if "midtrain" in arm_done else {}
+    if step.stage == "evaluate":
+        for prev in ("grpo", "midtrain"):
+            if prev in arm_done:
+                return {"model": arm_done[prev]}
+    return {}
+
+
+def execute(run: PolyaRun, only: str | None = None, progress: bool | None = None) -> int:
+    """Run the plan in order; a completed stage (its manifest exists) is skipped."""
+    import importlib
+    import time
+
+    from polya.artifacts import ArtifactStore, write_result
     from polya.stages import StageNotImplemented, get_stage
+    from polya.stages.common import StageContext
+    from polya.serve.launch import ensure_ray
+
+    store = ArtifactStore(run.spec.storage.uri)
+    done: dict = {}
+    ensure_ray()
+    for step in plan(run.spec):
+        try:
+            get_stage(step.stage)
+        except StageNotImplemented as exc:
+            print(f"polya run: {exc}; stopping before {step.key}")
+            return 2
+        module = importlib.import_module(f"polya.stages.{step.stage}")
+        ctx = StageContext(run=run, store=store, arm=step.arm, inputs=_inputs_for(step, done))
+        if progress is not None:
+            ctx.progress = progress
+        t0 = time.perf_counter()
+        if only and step.stage != only:
+            art = store.artifact(step.stage, module.key(ctx))
+            if not art.exists():
+                print(f"polya run: --only {only}: {step.key} has not run yet; run the stages before it first")
+                return 1
+            done[step.key] = art
+            continue
+        result = module.run(ctx)
+        done[step.key] = store.artifact(step.stage, module.key(ctx))
+        write_result(run.spec.storage.uri, step.key, result.artifact_uri, result.figures)
+        state = "cached" if result.skipped else f"{time.perf_counter() - t0:.1f}s"
+        figures = ", ".join(f"{k}={v:.4g}" for k, v in list(result.figures.items())[:6])
+        print(f"{step.key}: {state} -> {result.artifact_uri} ({figures})", flush=True)
+    return 0
+
+
+def run_file(path: str, only: str | None = None, metrics_port: int | None = None, dry_run: bool = False) -> int:
     from polya.validation import load_run_file
 
     try:
@@ -57,26 +112,18 @@ def run_file(path: str, only: str | None = None, metrics_port: int | None = None
         print(exc)
         return 1
     _print_plan(run)
-    for step in plan(run.spec):
-        if only and step.stage != only:
-            continue
-        try:
-            get_stage(step.stage)
-        except StageNotImplemented as exc:
-            print(f"polya run: {exc}; stopping before {step.key}")
-            return 2
-        raise NotImplementedError("stage execution lands with the embedded runner (pipeline issue)")
-    return 0
+    if dry_run:
+        return 0
+    if metrics_port:
+        from polya.metrics import serve_metrics
+
+        serve_metrics(metrics_port)
+    return execute(run, only=only)
 
 
 def run_stage_from_file(name: str, spec_path: str, arm: str = "polya") -> int:
-    from polya.stages import StageNotImplemented, get_stage
+    """`polya stage NAME`: what a cluster RayJob runs. Inputs are found by content address."""
     from polya.validation import load_run_file
 
     run = load_run_file(spec_path)
-    try:
-        get_stage(name)
-    except StageNotImplemented as exc:
-        print(f"polya stage: {exc}")
-        return 2
-    raise NotImplementedError("stage execution lands with the embedded runner (pipeline issue)")
+    return execute(run, only=name)

@@ -78,8 +78,8 @@ def build_tiny_model(
         hidden_size=hidden_size,
         intermediate_size=hidden_size * 2,
         num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=max(1, hidden_size // 32),  # head_dim 32: vLLM's CPU attention has no kernel for 16
+        num_key_value_heads=1,
         max_position_embeddings=2048,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -87,7 +87,7 @@ def build_tiny_model(
         tie_word_embeddings=True,
     )
     if arch == "llama":
-        config = LlamaConfig(head_dim=hidden_size // 4, **common)
+        config = LlamaConfig(head_dim=32, **common)
     elif arch == "qwen2":
         config = Qwen2Config(**common)
     else:

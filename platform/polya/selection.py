@@ -1,0 +1,60 @@
+"""Which self-generated traces become SFT data (pure logic, no I/O).
+
+* ``heuristic`` mode: for every (question, heuristic), the correct trace the reward model judges most
+  faithful to its heuristic (ties: lowest sample index). ``keep_incorrect`` = f admits, in addition, a
+  seeded random fraction f of the (question, heuristic) groups' best incorrect traces — the ablation
+  that shows incorrect-but-diverse traces hurt.
+* ``star`` mode (STaR baseline): one correct trace per question, heuristic ignored: the most adherent if
+  scores exist, else the first by sample index.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Iterable
+
+
+@dataclass(frozen=True)
+class Candidate:
+    index: int
+    question_id: str
+    heuristic_id: str
+    sample_index: int
+    correct: bool
+    adherence: float | None = None
+
+    def rank(self) -> tuple[float, int]:
+        score = -math.inf if self.adherence is None or math.isnan(self.adherence) else self.adherence
+        return (-score, self.sample_index)
+
+
+def _best(group: list[Candidate]) -> Candidate:
+    return min(group, key=Candidate.rank)
+
+
+def select(cands: Iterable[Candidate], mode: str = "heuristic", keep_incorrect: float = 0.0,
+           seed: int = 0) -> list[int]:
+    """Indices of the kept candidates, in input order."""
+    cands = list(cands)
+    if not 0.0 <= keep_incorrect <= 1.0:
+        raise ValueError("keep_incorrect must be in [0, 1]")
+    groups: dict[tuple[str, str], list[Candidate]] = {}
+    for c in cands:
+        key = (c.question_id, "" if mode == "star" else c.heuristic_id)
+        groups.setdefault(key, []).append(c)
+    kept: list[int] = []
+    incorrect_best: list[Candidate] = []
+    for key in sorted(groups):
+        group = groups[key]
+        correct = [c for c in group if c.correct]
+        if correct:
+            kept.append(_best(correct).index)
+        wrong = [c for c in group if not c.correct]
+        if wrong and mode == "heuristic":
+            incorrect_best.append(_best(wrong))
+    if keep_incorrect > 0 and incorrect_best:
+        rng = random.Random(seed)
+        chosen = rng.sample(incorrect_best, k=round(keep_incorrect * len(incorrect_best)))
+        kept.extend(c.index for c in chosen)
+    return sorted(kept)

@@ -1,0 +1,103 @@
+"""Start local Ray + Serve, deploy the rollout and reward-model apps, and call them with retries."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+ROLLOUT_APP = "rollout"
+REWARD_APP = "reward"
+
+
+def ensure_ray(num_cpus: int | None = None, dashboard: bool = True) -> None:
+    """A local Ray instance (or the cluster's, inside a RayJob where RAY_ADDRESS is set)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray 2.60 turns token auth on by default
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(log_to_driver=True)
+        return
+    ray.init(num_cpus=num_cpus, include_dashboard=dashboard, log_to_driver=False, ignore_reinit_error=True,
+             configure_logging=False)
+
+
+def ensure_serve(http_port: int = 8000, host: str = "127.0.0.1") -> None:
+    from ray import serve
+
+    serve.start(http_options={"host": host, "port": http_port})
+
+
+def _actor_options(gpus: float) -> dict[str, Any]:
+    # on CPU the engine's own threads use the cores: a replica reserves none, so 2-core machines can
+    # hold rollout, reward and learner actors at once
+    return {"num_cpus": 0, "num_gpus": gpus} if gpus else {"num_cpus": 0}
+
+
+def start_rollout(
+    engine_cfg: dict[str, Any],
+    replicas: int = 1,
+    gpus_per_replica: float = 0,
+    http_port: int = 8000,
+    max_tokens_limit: int = 4096,
+    name: str = ROLLOUT_APP,
+    route_prefix: str = "/",
+):
+    """Deploy (or update) the rollout app and return its handle once every replica is up."""
+    from ray import serve
+
+    from polya.serve.rollout import RolloutServer
+
+    ensure_ray()
+    ensure_serve(http_port)
+    app = RolloutServer.options(num_replicas=replicas, ray_actor_options=_actor_options(gpus_per_replica)).bind(
+        engine_cfg, max_tokens_limit=max_tokens_limit
+    )
+    return serve.run(app, name=name, route_prefix=route_prefix)
+
+
+def start_reward(scorer_cfg: dict[str, Any], replicas: int = 1, gpus_per_replica: float = 0, http_port: int = 8000,
+                 name: str = REWARD_APP):
+    from ray import serve
+
+    from polya.serve.reward import RewardServer
+
+    ensure_ray()
+    ensure_serve(http_port)
+    app = RewardServer.options(num_replicas=replicas, ray_actor_options=_actor_options(gpus_per_replica)).bind(scorer_cfg)
+    return serve.run(app, name=name, route_prefix="/score")
+
+
+def _retryable(exc: BaseException) -> bool:
+    import ray.exceptions as rex
+
+    from polya.engines.base import TokenLimitError
+
+    if isinstance(exc, (TokenLimitError, ValueError)):
+        return False  # the request itself is wrong: retrying cannot help
+    return isinstance(exc, (rex.RayActorError, rex.ActorUnavailableError, rex.RaySystemError, asyncio.TimeoutError,
+                            ConnectionError)) or type(exc).__name__ in {"DeploymentUnavailableError", "BackPressureError"}
+
+
+async def call_with_retry(method, *args, retries: int = 4, backoff_s: float = 2.0, timeout_s: float | None = None):
+    """``await method.remote(*args)``; a dead replica is replaced by Serve, so retry the whole batch."""
+    for attempt in range(retries + 1):
+        try:
+            resp = method.remote(*args)
+            return await (asyncio.wait_for(resp, timeout_s) if timeout_s else resp)
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if attempt == retries or not _retryable(exc):
+                raise
+            log.warning("rollout call failed (%s: %s); retry %d/%d", type(exc).__name__, exc, attempt + 1, retries)
+            await asyncio.sleep(backoff_s * (attempt + 1))
+
+
+def shutdown_serve() -> None:
+    from ray import serve
+
+    serve.shutdown()

@@ -1,0 +1,50 @@
+"""Which traces become SFT data: best correct per (question, heuristic), STaR, the keepIncorrect ablation."""
+from __future__ import annotations
+
+import pytest
+
+from polya.selection import Candidate, select
+
+
+def C(i, q, h, s, ok, a=None):
+    return Candidate(i, q, h, s, ok, a)
+
+
+CANDS = [
+    C(0, "q1", "h1", 0, True, 0.2),
+    C(1, "q1", "h1", 1, True, 0.9),    # best correct of (q1, h1)
+    C(2, "q1", "h1", 2, False, 0.99),  # more adherent but wrong: never kept in heuristic mode
+    C(3, "q1", "h2", 0, False, 0.5),
+    C(4, "q1", "h2", 1, False, 0.7),   # best incorrect of (q1, h2)
+    C(5, "q2", "h1", 0, True, None),   # unscored correct traces: the first sample wins
+    C(6, "q2", "h1", 1, True, None),
+    C(7, "q2", "h2", 0, True, 0.4),
+    C(8, "q2", "h2", 1, True, 0.4),    # a tie: the lower sample index wins
+]
+
+
+def test_best_correct_per_group():
+    assert select(CANDS) == [1, 5, 7]
+
+
+def test_keep_incorrect_admits_a_fraction_of_best_incorrect():
+    # best-incorrect candidates: (q1,h1) -> 2, (q1,h2) -> 4; f = 0.5 admits one of them
+    kept = select(CANDS, keep_incorrect=0.5, seed=3)
+    extra = set(kept) - {1, 5, 7}
+    assert len(extra) == 1 and extra <= {2, 4}
+    assert select(CANDS, keep_incorrect=0.5, seed=3) == kept  # seeded
+    assert set(select(CANDS, keep_incorrect=1.0)) == {1, 2, 4, 5, 7}
+
+
+def test_star_keeps_one_correct_per_question():
+    kept = select(CANDS, mode="star")
+    assert kept == [1, 7]  # q1: highest adherence among correct; q2: 0.4 beats unscored
+
+
+def test_nothing_correct_nothing_kept():
+    assert select([C(0, "q", "h", 0, False, 1.0)]) == []
+
+
+def test_bad_fraction():
+    with pytest.raises(ValueError):
+        select(CANDS, keep_incorrect=1.5)
