@@ -1,0 +1,90 @@
+"""Operator scale: N PolyaRuns applied at once; time until every run has its first RayJob, and the
+operator's peak memory. Runs against the real local API server (tools/kube) with KubeRay's CRDs.
+
+Baseline, measured in the same run: the time the API server itself takes to accept the N PolyaRuns
+(their creation), so the ratio says how much the operator adds on top of bare API throughput.
+
+    .venv/bin/python benchmarks/bench_operator_scale.py [--runs 50 200]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+import kube as K  # noqa: E402  (the tests' control-plane helpers)
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, nargs="+", default=[50, 200])
+    args = ap.parse_args()
+    reason = K.missing_reason()
+    if reason:
+        sys.exit(f"cannot run: {reason}")
+    from kubernetes import client, config
+
+    base = yaml.safe_load((REPO / "k8s/examples/polya-run-local.yaml").read_text())
+    state = Path(tempfile.mkdtemp(prefix="polya-bench-kube-"))
+    kubeconfig = K.start(state)
+    api = config.new_client_from_config(str(kubeconfig))
+    K.install_crds(api)
+    custom = client.CustomObjectsApi(api)
+    core = client.CoreV1Api(api)
+    rows = []
+    try:
+        for n in args.runs:
+            ns = f"bench-{n}"
+            core.create_namespace({"metadata": {"name": ns}})
+            env = dict(os.environ, KUBECONFIG=str(kubeconfig), POLYA_LOG_LEVEL="WARNING")
+            op = subprocess.Popen([sys.executable, "-m", "polya_operator.main", "--namespace", ns,
+                                   "--metrics-port", "0", "--liveness", "http://127.0.0.1:18191/healthz"],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(3)  # the operator is up and watching
+
+            def create(i: int) -> None:
+                doc = copy.deepcopy(base)
+                doc["metadata"] = {"name": f"run-{i:04d}", "namespace": ns}
+                custom.create_namespaced_custom_object("polya.dev", "v1alpha1", ns, "polyaruns", doc)
+
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(16) as pool:
+                list(pool.map(create, range(n)))
+            t_apply = time.perf_counter() - t0
+
+            def have_jobs() -> bool:
+                items = custom.list_namespaced_custom_object("ray.io", "v1", ns, "rayjobs")["items"]
+                return len({j["metadata"]["labels"]["polya.dev/run"] for j in items}) >= n
+
+            K.wait_for(have_jobs, timeout=900, interval=0.5, what=f"{n} first RayJobs")
+            t_all = time.perf_counter() - t0
+            rss = peak_rss_mb(op.pid)
+            op.terminate()
+            op.wait(30)
+            rows.append((n, t_apply, t_all, rss))
+    finally:
+        K.stop(state)
+    print("runs | apply (baseline: API server accepts N runs) | until every run has its first RayJob | ratio | operator peak RSS")
+    for n, t_apply, t_all, rss in rows:
+        print(f"{n:4d} | {t_apply:8.2f} s | {t_all:8.2f} s | {t_all / t_apply:5.2f}x | {rss:6.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""The Kubernetes objects a PolyaRun owns, built as plain dicts (pure; no API calls).
+
+* ``<run>-spec`` ConfigMap: the run's manifest (``run.yaml``) that every stage's RayJob mounts.
+* ``<run>-<arm>-<stage>-<attempt>`` RayJob per stage attempt: its entrypoint is exactly the command the
+  embedded runner calls (``polya stage NAME --spec /etc/polya/run.yaml --arm ARM``).
+* ``<run>-serve`` RayService when ``evaluation.serve`` is true: the rollout and reward-model apps.
+
+Names are deterministic, so a restarted operator finds (adopts) what exists instead of duplicating it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from polya.spec import PolyaRunSpec
+
+RUN_GROUP, RUN_VERSION, RUN_PLURAL, RUN_KIND = "polya.dev", "v1alpha1", "polyaruns", "PolyaRun"
+RAY_GROUP, RAY_VERSION = "ray.io", "v1"
+LABEL_RUN = "polya.dev/run"
+LABEL_STEP = "polya.dev/step"
+LABEL_ATTEMPT = "polya.dev/attempt"
+SPEC_MOUNT = "/etc/polya"
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Operator-wide defaults (flags / Helm values); a run's `spec.cluster` overrides them."""
+
+    image: str = "ghcr.io/polya-dev/polya:0.1.0"
+    image_pull_policy: str = "IfNotPresent"
+    head_cpu: str = "2"
+    head_memory: str = "8Gi"
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: tuple[dict[str, Any], ...] = ()
+    ttl_seconds_after_finished: int = 600
+
+
+def child_name(run_name: str, arm: str, stage: str, attempt: int) -> str:
+    return f"{run_name}-{arm}-{stage}-{attempt}"
+
+
+def configmap_name(run_name: str) -> str:
+    return f"{run_name}-spec"
+
+
+def rayservice_name(run_name: str) -> str:
+    return f"{run_name}-serve"
+
+
+def owner_reference(run: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": f"{RUN_GROUP}/{RUN_VERSION}", "kind": RUN_KIND, "name": run["metadata"]["name"],
+            "uid": run["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+
+
+def _meta(run: dict[str, Any], name: str, extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": run["metadata"].get("namespace", "default"),
+        "labels": {LABEL_RUN: run["metadata"]["name"], "app.kubernetes.io/managed-by": "polya-operator",
+                   **(extra_labels or {})},
+        "ownerReferences": [owner_reference(run)],
+    }
+
+
+def spec_configmap(run: dict[str, Any]) -> dict[str, Any]:
+    manifest = {"apiVersion": run["apiVersion"], "kind": run["kind"],
+                "metadata": {"name": run["metadata"]["name"]}, "spec": run["spec"]}
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(run, configmap_name(run["metadata"]["name"])),
+            "data": {"run.yaml": yaml.safe_dump(manifest, sort_keys=False)}}
+
+
+def stage_gpus(spec: PolyaRunSpec, stage: str) -> tuple[int, float]:
+    """(number of GPU actors, GPUs per actor) a stage needs; (0, 0) on CPU."""
+    if stage == "selfgen":
+        return spec.selfGeneration.replicas, spec.selfGeneration.gpusPerReplica
+    if stage == "filter":
+        rm = spec.filtering.rewardModel
+        return rm.replicas, rm.gpusPerReplica
+    if stage == "midtrain":
+        return spec.midTraining.workers, spec.midTraining.gpusPerWorker
+    if stage == "grpo":
+        g = spec.grpo
+        # learners and rollout replicas run side by side; one worker pod per actor, sized for the larger
+        return g.workers + g.rollout.replicas, max(g.gpusPerWorker, g.rollout.gpusPerReplica)
+    if stage == "evaluate":
+        return spec.evaluation.replicas, spec.evaluation.gpusPerReplica
+    raise KeyError(stage)
+
+
+def _container(spec: PolyaRunSpec, defaults: Defaults, cpu: str, memory: str, gpus: int) -> dict[str, Any]:
+    limits: dict[str, Any] = {"cpu": cpu, "memory": memory}
+    if gpus:
+        limits[spec.cluster.gpuResource] = gpus
+    return {
+        "name": "ray",
+        "image": spec.cluster.image or defaults.image,
+        "imagePullPolicy": defaults.image_pull_policy,
+        "resources": {"requests": dict(limits), "limits": limits},
+        "volumeMounts": [{"name": "polya-spec", "mountPath": SPEC_MOUNT, "readOnly": True}],
+    }
+
+
+def _pod_template(run: dict[str, Any], spec: PolyaRunSpec, defaults: Defaults, cpu: str, memory: str,
+                  gpus: int) -> dict[str, Any]:
+    tolerations = [t.model_dump(exclude_none=True) for t in spec.cluster.tolerations] or list(defaults.tolerations)
+    pod: dict[str, Any] = {
+        "containers": [_container(spec, defaults, cpu, memory, gpus)],
+        "volumes": [{"name": "polya-spec", "configMap": {"name": configmap_name(run["metadata"]["name"])}}],
+    }
+    if spec.cluster.nodeSelector or defaults.node_selector:
+        pod["nodeSelector"] = dict(spec.cluster.nodeSelector or defaults.node_selector)
+    if tolerations:
+        pod["tolerations"] = tolerations
+    if spec.cluster.serviceAccountName:
+        pod["serviceAccountName"] = spec.cluster.serviceAccountName
+    return {"spec": pod}
+
+
+def ray_cluster_spec(run: dict[str, Any], spec: PolyaRunSpec, stage: str, defaults: Defaults) -> dict[str, Any]:
+    actors, per_actor = stage_gpus(spec, stage)
+    gpus_per_pod = math.ceil(per_actor) if per_actor else 0
+    workers = actors if gpus_per_pod else 1
+    cpu = f"{spec.cluster.cpusPerWorker:g}"
+    return {
+        "rayVersion": spec.cluster.rayVersion,
+        "headGroupSpec": {
+            "rayStartParams": {"dashboard-host": "0.0.0.0", "num-gpus": "0"},
+            "template": _pod_template(run, spec, defaults, defaults.head_cpu, defaults.head_memory, 0),
+        },
+        "workerGroupSpecs": [{
+            "groupName": "gpu" if gpus_per_pod else "cpu",
+            "replicas": workers, "minReplicas": workers, "maxReplicas": workers,
+            "rayStartParams": {},
+            "template": _pod_template(run, spec, defaults, cpu, spec.cluster.memoryPerWorker, gpus_per_pod),
+        }],
+    }
+
+
+def rayjob(run: dict[str, Any], spec: PolyaRunSpec, arm: str, stage: str, attempt: int,
+           defaults: Defaults) -> dict[str, Any]:
+    name = child_name(run["metadata"]["name"], arm, stage, attempt)
+    return {
+        "apiVersion": f"{RAY_GROUP}/{RAY_VERSION}",
+        "kind": "RayJob",
+        "metadata": _meta(run, name, {LABEL_STEP: f"{arm}.{stage}", LABEL_ATTEMPT: str(attempt)}),
+        "spec": {
+            "entrypoint": f"polya stage {stage} --spec {SPEC_MOUNT}/run.yaml --arm {arm}",
+            "shutdownAfterJobFinishes": True,
+            "ttlSecondsAfterFinished": defaults.ttl_seconds_after_finished,
+            "backoffLimit": 0,  # retries are the operator's (with backoff and a per-stage limit)
+            "rayClusterSpec": ray_cluster_spec(run, spec, stage, defaults),
+        },
+    }
+
+
+def rayservice(run: dict[str, Any], spec: PolyaRunSpec, defaults: Defaults) -> dict[str, Any]:
+    name = rayservice_name(run["metadata"]["name"])
+    serve_config = {
+        "applications": [
+            {"name": "rollout", "route_prefix": "/", "import_path": "polya.serve.entry:rollout_app",
+             "args": {"spec": f"{SPEC_MOUNT}/run.yaml"}},
+            {"name": "reward", "route_prefix": "/score", "import_path": "polya.serve.entry:reward_app",
+             "args": {"spec": f"{SPEC_MOUNT}/run.yaml"}},
+        ]
+    }
+    return {
+        "apiVersion": f"{RAY_GROUP}/{RAY_VERSION}",
+        "kind": "RayService",
+        "metadata": _meta(run, name),
+        "spec": {"serveConfigV2": yaml.safe_dump(serve_config, sort_keys=False),
+                 "rayClusterConfig": ray_cluster_spec(run, spec, "evaluate", defaults)},
+    }

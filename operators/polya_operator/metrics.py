@@ -1,0 +1,34 @@
+"""The operator's Prometheus metrics (names are part of the Grafana dashboard's contract)."""
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RUNS = Gauge("polya_operator_runs", "PolyaRuns by phase", ["phase"])
+STAGE_DURATION = Histogram("polya_operator_stage_duration_seconds", "Wall time of succeeded stages (RayJob start to end)",
+                           ["stage"], buckets=(30, 60, 300, 600, 1800, 3600, 7200, 21600, 86400))
+RECONCILE_SECONDS = Histogram("polya_operator_reconcile_seconds", "Latency of one reconcile (API reads and writes)",
+                              buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+RECONCILE_ERRORS = Counter("polya_operator_reconcile_errors_total", "Reconciles that raised", ["reason"])
+CHILDREN_CREATED = Counter("polya_operator_children_created_total", "Objects created by the operator", ["kind"])
+STAGE_PROGRESS = Gauge("polya_operator_stage_progress_ratio", "Succeeded stages / planned stages", ["namespace", "run"])
+
+ALL_NAMES = sorted([
+    "polya_operator_runs", "polya_operator_stage_duration_seconds", "polya_operator_reconcile_seconds",
+    "polya_operator_reconcile_errors_total", "polya_operator_children_created_total",
+    "polya_operator_stage_progress_ratio",
+])
+
+_phases: dict[tuple[str, str], str] = {}
+
+
+def record_phase(namespace: str, name: str, phase: str | None) -> None:
+    """Keep the runs-by-phase gauge equal to the latest phase of every run seen."""
+    if phase is None:
+        _phases.pop((namespace, name), None)
+    else:
+        _phases[(namespace, name)] = phase
+    counts: dict[str, int] = {}
+    for p in _phases.values():
+        counts[p] = counts.get(p, 0) + 1
+    for p in ("Pending", "Running", "Succeeded", "Failed", "Suspended"):
+        RUNS.labels(p).set(counts.get(p, 0))

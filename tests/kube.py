@@ -1,0 +1,74 @@
+"""A REAL Kubernetes control plane for tests: etcd + kube-apiserver + kube-controller-manager v1.20.2,
+built from Debian's Kubernetes source by tools/kube/ensure-kube.sh (cached under ~/.cache/polya/kube).
+
+There is no scheduler and no kubelet: pods never run, so RayJobs never really execute. Tests stand in
+for KubeRay's operator by setting RayJob status themselves, and say so.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+KUBE_VERSION = "v1.20.2-debian1"
+KUBE_BIN = Path(os.environ.get("POLYA_KUBE_BIN", Path.home() / ".cache" / "polya" / "kube" / KUBE_VERSION / "bin"))
+KUBERAY_CRDS = Path(os.environ.get("POLYA_KUBERAY_CRDS", REPO.parent / "shared" / "kuberay" / "crds-k8s-1.20"))
+
+
+def missing_reason() -> str | None:
+    if not (KUBE_BIN / "kube-apiserver").exists():
+        return f"no kube-apiserver in {KUBE_BIN}: run tools/kube/ensure-kube.sh (make test does)"
+    if not KUBERAY_CRDS.is_dir():
+        return f"KubeRay CRDs not found at {KUBERAY_CRDS} (set POLYA_KUBERAY_CRDS)"
+    if not Path("/usr/bin/etcd").exists():
+        return "etcd not installed (apt-get install etcd-server; make test does)"
+    return None
+
+
+def start(state_dir: Path) -> Path:
+    env = dict(os.environ, BIN=str(KUBE_BIN))
+    out = subprocess.run(["bash", str(REPO / "tools/kube/start-cluster.sh"), str(state_dir)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        raise RuntimeError(f"control plane did not start:\n{out.stdout}\n{out.stderr}")
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def stop(state_dir: Path) -> None:
+    subprocess.run(["bash", str(REPO / "tools/kube/stop-cluster.sh"), str(state_dir)], timeout=60)
+
+
+def install_crds(api_client) -> None:
+    """Polya's CRD (CEL rules stripped: 1.20 refuses them) and KubeRay's, waited on until Established."""
+    from kubernetes import client
+
+    from polya.crd import build_crd, strip_cel
+
+    ext = client.ApiextensionsV1Api(api_client)
+    docs = [strip_cel(build_crd())] + [yaml.safe_load(p.read_text()) for p in sorted(KUBERAY_CRDS.glob("*.yaml"))]
+    for doc in docs:
+        ext.create_custom_resource_definition(doc)
+    deadline = time.time() + 60
+    for doc in docs:
+        while True:
+            crd = ext.read_custom_resource_definition(doc["metadata"]["name"])
+            if any(c.type == "Established" and c.status == "True" for c in (crd.status.conditions or [])):
+                break
+            if time.time() > deadline:
+                raise TimeoutError(f"CRD {doc['metadata']['name']} not established")
+            time.sleep(0.2)
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2, what: str = "condition"):
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")

@@ -1,0 +1,162 @@
+"""The operator's pure decision function, stage by stage, with hand-built observations."""
+from __future__ import annotations
+
+import copy
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from polya_operator.children import LABEL_RUN, child_name, rayjob, stage_gpus
+from polya_operator.reconcile import Observed, backoff, reconcile
+from polya.spec import PolyaRunSpec
+
+T0 = datetime(2026, 11, 24, 12, 0, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def run(local_doc):
+    doc = copy.deepcopy(local_doc)
+    doc["metadata"].update(namespace="ns", uid="uid-1", generation=3)
+    doc["metadata"]["name"] = "r"
+    return doc
+
+
+def step(run, observed, now=T0):
+    d = reconcile(run, observed, now)
+    run["status"] = d.status
+    return d
+
+
+def finish(job, ok=True, message=None):
+    job = copy.deepcopy(job)
+    job["status"] = {"jobStatus": "SUCCEEDED" if ok else "FAILED", "jobDeploymentStatus": "Complete" if ok else "Failed",
+                     "message": message}
+    return job
+
+
+def test_first_pass_creates_configmap_and_first_rayjob(run):
+    d = step(run, Observed())
+    kinds = [o["kind"] for o in d.create]
+    assert kinds == ["ConfigMap", "RayJob"]
+    job = d.create[1]
+    assert job["metadata"]["name"] == "r-base-evaluate-1"
+    assert job["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    assert job["metadata"]["labels"][LABEL_RUN] == "r"
+    assert job["spec"]["entrypoint"] == "polya stage evaluate --spec /etc/polya/run.yaml --arm base"
+    assert d.status["phase"] == "Running" and d.status["currentStage"] == "base/evaluate"
+    assert d.status["observedGeneration"] == 3
+    assert [s["name"] for s in d.status["stages"]] == ["base/evaluate", "polya/selfgen", "polya/filter",
+                                                      "polya/midtrain", "polya/grpo", "polya/evaluate"]
+    assert d.events[0].reason == "StageStarted"
+
+
+def test_success_advances_and_idempotent_when_nothing_changed(run):
+    first = step(run, Observed()).create[1]
+    # the job is still running: nothing new is created
+    again = step(run, Observed(rayjobs={first["metadata"]["name"]: first}, configmap=True))
+    assert again.create == [] and again.events == []
+    done = finish(first)
+    d = step(run, Observed(rayjobs={done["metadata"]["name"]: done}, configmap=True,
+                           results={"base/evaluate": {"artifactUri": "/runs/r/evaluate/abc", "figures": {"pass@1": 12.5}}}))
+    assert [o["metadata"]["name"] for o in d.create] == ["r-polya-selfgen-1"]
+    st = {s["name"]: s for s in d.status["stages"]}
+    assert st["base/evaluate"]["phase"] == "Succeeded" and st["base/evaluate"]["figures"] == {"pass@1": 12.5}
+    assert st["base/evaluate"]["artifactUri"] == "/runs/r/evaluate/abc"
+    assert st["polya/selfgen"]["phase"] == "Running" and d.status["currentStage"] == "polya/selfgen"
+
+
+def test_failure_retries_with_backoff_then_fails_the_run(run):
+    run["spec"]["maxStageRetries"] = 1
+    job = step(run, Observed()).create[1]
+    failed = finish(job, ok=False, message="OOMKilled")
+    d = step(run, Observed(rayjobs={job["metadata"]["name"]: failed}, configmap=True))
+    st = d.status["stages"][0]
+    assert st["phase"] == "Pending" and st["attempts"] == 1 and "OOMKilled" in st["message"]
+    assert d.create == [] and d.events[0].reason == "StageRetrying"
+    # before the backoff elapses: nothing is created, a requeue is asked for
+    early = step(run, Observed(rayjobs={job["metadata"]["name"]: failed}, configmap=True), T0 + timedelta(seconds=3))
+    assert early.create == [] and 0 < early.requeue_after <= backoff(1)
+    later = step(run, Observed(rayjobs={job["metadata"]["name"]: failed}, configmap=True),
+                 T0 + timedelta(seconds=backoff(1) + 1))
+    assert [o["metadata"]["name"] for o in later.create] == ["r-base-evaluate-2"]
+    job2 = later.create[0]
+    final = step(run, Observed(rayjobs={job["metadata"]["name"]: failed, job2["metadata"]["name"]: finish(job2, False, "still OOM")},
+                               configmap=True), T0 + timedelta(seconds=60))
+    assert final.status["phase"] == "Failed"
+    assert "base/evaluate failed after 2 attempt(s): still OOM" in final.status["message"]
+    assert any(c["type"] == "Failed" and c["status"] == "True" for c in final.status["conditions"])
+    assert final.events[-1].reason == "RunFailed"
+    # terminal: nothing more happens
+    assert step(run, Observed(configmap=True), T0 + timedelta(hours=1)).create == []
+
+
+def test_backoff_grows_and_caps():
+    assert [backoff(a) for a in (1, 2, 3)] == [10, 20, 40]
+    assert backoff(20) == 300
+
+
+def test_suspend_starts_nothing_and_resume_continues(run):
+    run["spec"]["suspend"] = True
+    d = step(run, Observed(configmap=True))
+    assert d.create == [] and d.status["phase"] == "Suspended"
+    run["spec"]["suspend"] = False
+    d = step(run, Observed(configmap=True))
+    assert [o["metadata"]["name"] for o in d.create] == ["r-base-evaluate-1"] and d.status["phase"] == "Running"
+    assert any(c["type"] == "Suspended" and c["status"] == "False" for c in d.status["conditions"])
+
+
+def test_missing_job_is_recreated_under_the_same_name(run):
+    first = step(run, Observed()).create[1]
+    d = step(run, Observed(configmap=True))  # the RayJob vanished (or the cache lags)
+    assert [o["metadata"]["name"] for o in d.create] == [first["metadata"]["name"]]
+    assert d.status["stages"][0]["attempts"] == 1
+
+
+def test_all_succeeded_and_serve_creates_rayservice(run):
+    run["spec"]["evaluation"]["serve"] = True
+    jobs = {}
+    for _ in range(10):
+        d = step(run, Observed(rayjobs=jobs, configmap=True))
+        for obj in d.create:
+            if obj["kind"] == "RayJob":
+                jobs[obj["metadata"]["name"]] = finish(obj)
+        if d.status["phase"] == "Succeeded":
+            break
+    assert d.status["phase"] == "Succeeded" and d.status["currentStage"] is None
+    assert [o["kind"] for o in d.create] == ["RayService"]
+    assert d.create[0]["metadata"]["name"] == "r-serve"
+    assert len(jobs) == 6
+
+
+def test_invalid_spec_fails_with_field_errors(run):
+    run["spec"]["grpo"]["groupSize"] = 1
+    d = step(run, Observed())
+    assert d.create == [] and d.status["phase"] == "Failed"
+    assert "spec.grpo.groupSize" in d.status["message"]
+    assert d.events[0].reason == "InvalidSpec"
+
+
+def test_gpu_requests_and_placement(run):
+    run["spec"]["grpo"].update(workers=4, gpusPerWorker=1, rollout={"replicas": 2, "gpusPerReplica": 1})
+    run["spec"]["cluster"] = {"nodeSelector": {"pool": "h100"}, "gpuResource": "nvidia.com/gpu",
+                              "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}
+    spec = PolyaRunSpec.model_validate(run["spec"])
+    assert stage_gpus(spec, "grpo") == (6, 1)
+    job = rayjob(run, spec, "polya", "grpo", 1, __import__("polya_operator.children", fromlist=["Defaults"]).Defaults())
+    group = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    assert group["replicas"] == 6
+    pod = group["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod["nodeSelector"] == {"pool": "h100"} and pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert pod["volumes"][0]["configMap"]["name"] == "r-spec"
+    assert child_name("r", "polya", "grpo", 2) == "r-polya-grpo-2"
+
+
+def test_operator_never_imports_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, polya_operator.main; bad = [m for m in ('torch', 'vllm', 'ray', 'transformers') if m in sys.modules]; print(bad)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "[]"
