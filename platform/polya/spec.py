@@ -372,6 +372,9 @@ class PolyaRunSpec(_Model):
     def _cross(self) -> "PolyaRunSpec":
         if len(set(self.baselines)) != len(self.baselines):
             raise ValueError("baselines lists an arm twice")
+        if self.evaluation.composition.classifier == "judge" and self.filtering.rewardModel.kind != "judge":
+            raise ValueError("evaluation.composition.classifier 'judge' uses the judge of filtering.rewardModel: "
+                             "set filtering.rewardModel.kind to 'judge' (with a name), or use 'embedding'")
         return self
 
 

@@ -45,3 +45,23 @@ def test_split_steps():
 def test_parse_judge_score(text, expected):
     got = parse_judge_score(text)
     assert got == (pytest.approx(expected) if expected is not None else None)
+
+
+def test_judge_composition_parsing_and_prompt():
+    from polya.analysis.composition import judge_prompt, parse_judge_ids
+    from polya.heuristics import select
+
+    hs = select(count=4)
+    prompt = judge_prompt("First split the sum into parts.", hs)
+    assert "1. Decompose and recombine" in prompt and "4. Use an analogous problem" in prompt
+    assert parse_judge_ids("1, 3", 4) == {0, 2}
+    assert parse_judge_ids("2 and 9\nbecause 4", 4) == {1}  # 9 is out of range, later lines ignored
+    assert parse_judge_ids("None of them.", 4) == set()
+
+
+def test_judge_composition_needs_a_judge(local_doc):
+    from polya.validation import validate_doc
+
+    local_doc["spec"]["evaluation"]["composition"] = {"classifier": "judge"}
+    _, errors = validate_doc(local_doc)
+    assert any("filtering.rewardModel.kind" in str(e) for e in errors)

@@ -66,3 +66,37 @@ def analyse(chains: list[str], heuristics: list[Heuristic], threshold: float = 0
         chains=len(chains), rate=composition_rate(used),
         mean_used=float(np.mean([len(u) for u in used])) if used else 0.0, usage=usage,
     )
+
+
+# ------------------------------------------------------------------------------ judge classifier
+JUDGE_PROMPT = (
+    "Here is a solution to a math problem, and a numbered list of problem-solving approaches.\n\n"
+    "Approaches:\n{listing}\n\nSolution:\n{chain}\n\n"
+    "Which approaches does the solution actually use? Answer with their numbers, comma-separated "
+    "(for example: 2, 5), or 'none'."
+)
+
+
+def judge_prompt(chain: str, heuristics: list[Heuristic]) -> str:
+    listing = "\n".join(f"{i + 1}. {describe(h)}" for i, h in enumerate(heuristics))
+    return JUDGE_PROMPT.format(listing=listing, chain=chain[-6000:])
+
+
+def parse_judge_ids(text: str, n: int) -> set[int]:
+    """0-based indices of the approaches a judge named (numbers outside 1..n are ignored)."""
+    if re.match(r"\s*none\b", text, re.I):
+        return set()
+    head = text.strip().splitlines()[0] if text.strip() else ""
+    return {int(x) - 1 for x in re.findall(r"\b(\d{1,2})\b", head) if 1 <= int(x) <= n}
+
+
+async def analyse_with_judge(chains: list[str], heuristics: list[Heuristic], engine) -> CompositionReport:
+    """The same report, with a generative judge (an Engine) naming the heuristics each chain uses."""
+    from polya.engines.base import Sampling
+
+    prompts = [engine.apply_chat_template([{"role": "user", "content": judge_prompt(c, heuristics)}]) for c in chains]
+    groups = await engine.generate(prompts, Sampling(temperature=0.0, max_tokens=24, logprobs=False))
+    used = [parse_judge_ids(g[0].text, len(heuristics)) for g in groups]
+    usage = {h.id: sum(1 for u in used if i in u) for i, h in enumerate(heuristics)}
+    return CompositionReport(chains=len(chains), rate=composition_rate(used),
+                             mean_used=float(np.mean([len(u) for u in used])) if used else 0.0, usage=usage)

@@ -32,5 +32,13 @@ def rollout_app(args: dict[str, Any]):
 def reward_app(args: dict[str, Any]):
     from polya.serve.reward import RewardServer
 
-    rm = _run(args).spec.filtering.rewardModel
-    return RewardServer.options(num_replicas=rm.replicas).bind({"kind": rm.kind, "name": rm.name})
+    run = _run(args)
+    rm = run.spec.filtering.rewardModel
+    cfg = {"kind": rm.kind, "name": rm.name}
+    if rm.kind == "judge":
+        from polya.models import resolve
+        from polya.stages.common import engine_config
+
+        cfg["engine"] = engine_config(run, resolve(rm.name), run.spec.selfGeneration).__dict__
+    options = {"num_cpus": 0, "num_gpus": rm.gpusPerReplica} if rm.gpusPerReplica else {"num_cpus": 0}
+    return RewardServer.options(num_replicas=rm.replicas, ray_actor_options=options).bind(cfg)

@@ -49,6 +49,19 @@ def markdown_table(results: dict[str, dict[int, float]], ks: list[int]) -> str:
     return "\n".join(lines)
 
 
+async def _judge_composition(ctx: StageContext, chains: list[str], heuristics):
+    """Composition with the run's judge model (filtering.rewardModel, kind judge) on a local engine."""
+    from polya.analysis.composition import analyse_with_judge
+    from polya.engines.base import create_engine
+
+    rm = ctx.run.spec.filtering.rewardModel
+    engine = create_engine(engine_config(ctx.run, resolve(rm.name), ctx.run.spec.selfGeneration))
+    try:
+        return await analyse_with_judge(chains, heuristics, engine)
+    finally:
+        await engine.close()
+
+
 def run(ctx: StageContext) -> StageResult:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -105,8 +118,11 @@ def run(ctx: StageContext) -> StageResult:
 
     composition = None
     if ev.composition.enabled and chains:
-        composition = analyse(chains[:MAX_COMPOSITION_CHAINS], select(spec.heuristics.count, spec.heuristics.names),
-                              threshold=ev.composition.threshold).to_dict()
+        chosen = select(spec.heuristics.count, spec.heuristics.names)
+        if ev.composition.classifier == "judge":
+            composition = run_async(_judge_composition(ctx, chains[:MAX_COMPOSITION_CHAINS], chosen)).to_dict()
+        else:
+            composition = analyse(chains[:MAX_COMPOSITION_CHAINS], chosen, threshold=ev.composition.threshold).to_dict()
         metrics.COMPOSITION_RATE.labels(ctx.arm).set(composition["rate"])
 
     pq.write_table(pa.Table.from_pylist(sample_rows), out_dir / "samples.parquet")
