@@ -1,0 +1,50 @@
+"""Mid-training on real Ray Train (2 workers, gloo) + DeepSpeed ZeRO-2 on a tiny model."""
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from transformers import AutoModelForCausalLM
+
+from polya.artifacts import ArtifactStore
+from polya.spec import PolyaRun
+from polya.stages.common import StageContext
+
+pytestmark = pytest.mark.slow
+
+
+def test_sft_two_workers_zero2(ray_session, tiny_model, tmp_path):
+    import torch
+
+    from polya.stages import midtrain
+
+    run = PolyaRun.model_validate({
+        "apiVersion": "polya.dev/v1alpha1", "kind": "PolyaRun", "metadata": {"name": "sft"},
+        "spec": {"model": {"name": str(tiny_model), "dtype": "float32"}, "dataset": {"source": "builtin:arithmetic"},
+                 "storage": {"uri": str(tmp_path / "run")},
+                 "midTraining": {"epochs": 2, "learningRate": 5e-3, "batchSize": 4, "microBatchSize": 1, "workers": 2,
+                                 "zeroStage": 2, "precision": "fp32", "checkpointEvery": 2, "warmupRatio": 0.1},
+                 "evaluation": {"samples": 1, "k": [1], "benchmarks": [{"name": "a", "source": "builtin:arithmetic"}]}},
+    })
+    store = ArtifactStore(run.spec.storage.uri)
+    filt = store.artifact("filter", "fixture")
+    store.begin(filt)
+    rows = [{"question_id": str(i), "question": f"What is {i} + {i}?", "answer": str(2 * i), "heuristic_id": "analogy",
+             "completion": f"{i} + {i} = {2 * i}. \\boxed{{{2 * i}}}", "correct": True, "adherence": 0.5} for i in range(8)]
+    pq.write_table(pa.Table.from_pylist(rows), filt.local / "sft.parquet")
+    store.commit(filt, {})
+    ctx = StageContext(run=run, store=store, inputs={"filter": filt}, progress=False)
+    res = midtrain.run(ctx)
+    folder = store.artifact("midtrain", midtrain.key(ctx)).local
+    log = json.loads((folder / "train_log.json").read_text())
+    assert log["world"] == 2 and log["grad_accum"] == 2 and log["examples"] == 8
+    assert log["steps"] == res.figures["steps"] == 4  # 8 examples / (2 ranks x 1 x 2) x 2 epochs
+    assert res.figures["loss_last"] < res.figures["loss_first"]  # it learns the traces
+    trained = AutoModelForCausalLM.from_pretrained(folder / "model")
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    assert not torch.equal(trained.model.embed_tokens.weight, base.model.embed_tokens.weight)
+    ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints" / "midtrain" / midtrain.key(ctx)).iterdir())
+    assert ckpts == ["step_2", "step_4"]
+    assert midtrain.run(ctx).skipped
