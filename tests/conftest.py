@@ -19,6 +19,18 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+#: Serve's HTTP port for this test session: a free one, so parallel runs on one machine do not collide
+SERVE_PORT = _free_port()
+
+
 @pytest.fixture
 def local_doc() -> dict:
     """The embedded example as a fresh, mutable dict."""
@@ -46,9 +58,10 @@ def ray_session():
     import ray
     from ray import serve
 
-    from polya.serve.launch import ensure_ray
+    from polya.serve.launch import ensure_ray, ensure_serve
 
     ensure_ray(num_cpus=2)
+    ensure_serve(http_port=SERVE_PORT)  # the first start fixes the port for the whole session
     yield ray
     serve.shutdown()
     ray.shutdown()

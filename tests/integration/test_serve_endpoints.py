@@ -9,7 +9,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-PORT = 8000
+from conftest import SERVE_PORT as PORT
 
 
 @pytest.fixture(scope="module")

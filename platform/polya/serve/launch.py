@@ -97,6 +97,32 @@ async def call_with_retry(method, *args, retries: int = 4, backoff_s: float = 2.
             await asyncio.sleep(backoff_s * (attempt + 1))
 
 
+async def broadcast_weights(handle, app_name: str, blob: bytes, version: int, timeout_s: float = 300) -> int:
+    """Send weights ``version`` to every running replica of the rollout app; returns how many loaded it.
+
+    Serve routes a call to one replica, so the call is repeated until every replica id has answered
+    at ``version`` (replicas already there skip the load). The blob goes to the object store once."""
+    import time
+
+    import ray
+    from ray import serve
+
+    ref = ray.put(blob)
+    deadline = time.monotonic() + timeout_s
+    seen: set[str] = set()
+    loaded = 0
+    while True:
+        status = serve.status().applications[app_name].deployments["rollout"]
+        running = status.replica_states.get("RUNNING", 0)
+        if running and len(seen) >= running:
+            return loaded
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"weights v{version} reached {len(seen)}/{running} rollout replicas")
+        res = await call_with_retry(handle.update_weights, ref, version)
+        seen.add(res["replica"])
+        loaded += 0 if res["skipped"] else 1
+
+
 def shutdown_serve() -> None:
     from ray import serve
 

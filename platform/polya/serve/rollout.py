@@ -86,6 +86,7 @@ class RolloutServer:
         self.replica_id = uuid.uuid4().hex[:8]
         self.tokens_out = 0
         self.requests = 0
+        self.version = 0  # weight version: 0 = the weights the replica started from
 
     # ------------------------------------------------------------------ handle API
     async def generate(self, prompts: list[str], sampling: dict[str, Any]) -> list[list[dict[str, Any]]]:
@@ -95,9 +96,18 @@ class RolloutServer:
         self.tokens_out += sum(len(c.token_ids) for g in groups for c in g)
         return [[asdict(c) for c in g] for g in groups]
 
-    async def update_weights(self, blob: bytes) -> dict[str, Any]:
+    async def update_weights(self, blob: bytes, version: int | None = None) -> dict[str, Any]:
+        """Load new weights. With ``version``, a replica already at that version skips the load, so a
+        caller can repeat the call until every replica has answered (Serve routes each call to one)."""
+        if version is not None and version <= self.version:
+            return {"replica": self.replica_id, "tensors": 0, "version": self.version, "skipped": True}
+        import ray
+
+        if isinstance(blob, ray.ObjectRef):  # broadcast_weights puts the blob in the object store once
+            blob = await blob
         n = await self.engine.update_weights(blob)
-        return {"replica": self.replica_id, "tensors": n, "version": getattr(self.engine, "weight_version", 0)}
+        self.version = version if version is not None else self.version + 1
+        return {"replica": self.replica_id, "tensors": n, "version": self.version, "skipped": False}
 
     async def info(self) -> dict[str, Any]:
         return {
@@ -105,7 +115,7 @@ class RolloutServer:
             "model": self.engine.model_name,
             "kind": self.cfg.resolved_kind(),
             "max_model_len": self.engine.max_model_len,
-            "weight_version": getattr(self.engine, "weight_version", 0),
+            "weight_version": self.version,
             "requests": self.requests,
             "tokens_out": self.tokens_out,
         }
