@@ -54,7 +54,8 @@ class ArtifactStore:
         self.remote = uri_scheme(uri) not in (None, "file")
         root = uri[len("file://"):] if uri.startswith("file://") else uri
         self.root = Path(staging or Path.home() / ".cache" / "polya" / "staging") / hashlib.sha1(
-            uri.encode()).hexdigest()[:12] if self.remote else Path(root)
+            uri.encode()).hexdigest()[:12] if self.remote else Path(root).expanduser().resolve()
+        # (a relative local path is taken from the directory `polya run` starts in; workers get absolute paths)
 
     def artifact(self, stage: str, key: str) -> Artifact:
         local = self.root / stage / key

@@ -319,7 +319,10 @@ def run(ctx: StageContext) -> StageResult:
                                          resources_per_worker={"GPU": g.gpusPerWorker} if g.gpusPerWorker else {"CPU": 1}),
             run_config=RunConfig(name=f"grpo-{art.key}", storage_path=str((Path(ctx.store.root) / "ray").resolve())),
         )
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        except Exception as exc:  # Ray Train raises TrainingFailedError; the checkpoints stay for a rerun
+            raise RuntimeError(f"GRPO failed: {exc}") from exc
         probe_after = _probe(handle) if not result.error else probe_before
         synced_version = handle.info.remote().result()["weight_version"]
     if result.error:
@@ -334,6 +337,12 @@ def run(ctx: StageContext) -> StageResult:
                                    / max(1, len(scored))),
                # the rollout replica samples from the trained policy: its greedy answer to a probe moved
                "rollout_weight_version": float(synced_version), "rollout_changed": float(_moved(probe_before, probe_after))}
+    from polya import metrics
+
+    if scored:
+        metrics.GRPO_REWARD.labels(ctx.arm).set(scored[-1]["reward_mean"])
+        metrics.GRPO_KL.labels(ctx.arm).set(scored[-1]["kl"])
+    metrics.GRPO_STEP.labels(ctx.arm).set(len(rows))
     log.info("grpo: %s", figures)
     ctx.store.commit(art, figures)
     return StageResult(art.uri, figures)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -66,8 +67,9 @@ def train_loop(config: dict[str, Any]) -> None:
     examples = [e for e in (build_example(tok, render_prompt(tok, r["question"], None, few_shot=config["few_shot"]),
                                           r["completion"], m["maxSeqLen"]) for r in rows) if e is not None]
     micro = m["microBatchSize"]
-    grad_accum = max(1, m["batchSize"] // (micro * world))
-    per_rank = math.ceil(len(examples) / world)
+    per_rank = max(micro, len(examples) // world)
+    # accumulate up to batchSize sequences per step, but never over more micro-batches than an epoch has
+    grad_accum = max(1, min(m["batchSize"] // (micro * world), per_rank // micro))
     steps_per_epoch = max(1, math.ceil(per_rank / (micro * grad_accum)))
     total_steps = steps_per_epoch * m["epochs"]
     warmup = int(m["warmupRatio"] * total_steps)
@@ -121,6 +123,8 @@ def train_loop(config: dict[str, Any]) -> None:
                 ray.train.report(row)
                 if step % m["checkpointEvery"] == 0:
                     save(epoch, b + 1)
+                if step == config.get("crash_after_step"):  # fault injection for the resume test
+                    raise RuntimeError(f"injected crash after step {step}")
     save(m["epochs"], 0)
     from polya.rl.weights import full_state_dict
 
@@ -163,12 +167,16 @@ def run(ctx: StageContext) -> StageResult:
             "model_path": resolve(ctx.run.spec.model.name), "sft_path": str(sft_path), "out_dir": str(art.local),
             "ckpt_root": str(ckpt_root), "train": m.model_dump(), "seed": ctx.run.spec.seed,
             "few_shot": ctx.run.spec.heuristics.fewShot,
+            "crash_after_step": int(os.environ.get("POLYA_CRASH_AFTER_STEP", "0")),  # tests only
         },
         scaling_config=ScalingConfig(num_workers=m.workers, use_gpu=gpus > 0,
                                      resources_per_worker={"GPU": gpus} if gpus else {"CPU": 1}),
         run_config=RunConfig(name=f"midtrain-{art.key}", storage_path=str((storage_root / "ray").resolve())),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # Ray Train raises TrainingFailedError; the checkpoints stay for a rerun
+        raise RuntimeError(f"mid-training failed: {exc}") from exc
     if result.error:
         raise RuntimeError(f"mid-training failed: {result.error}")
     train_log = json.loads((art.local / "train_log.json").read_text())
