@@ -29,7 +29,10 @@ def plan(spec: PolyaRunSpec) -> list[PlannedStage]:
     if spec.grpo.enabled:
         recipe.append("grpo")
     recipe.append("evaluate")
-    steps += [PlannedStage("polya", s) for s in recipe]
+    for s in recipe:
+        steps.append(PlannedStage("polya", s))
+        if s == "midtrain" and spec.grpo.enabled:
+            steps.append(PlannedStage("polya-sft", "evaluate"))  # the mid-trained model, before RL
     if "vanilla" in spec.baselines and spec.grpo.enabled:
         steps += [PlannedStage("vanilla", "grpo"), PlannedStage("vanilla", "evaluate")]
     if "star" in spec.baselines:
@@ -49,6 +52,8 @@ def _print_plan(run: PolyaRun) -> None:
 
 def _inputs_for(step: PlannedStage, done: dict[str, "object"]) -> dict:
     """Artifacts a step reads: the previous stage of its arm (vanilla GRPO starts from the base model)."""
+    if step.arm == "polya-sft":
+        return {"model": done["polya/midtrain"]}
     arm_done = {k.split("/", 1)[1]: v for k, v in done.items() if k.startswith(step.arm + "/")}
     if step.stage == "filter":
         return {"selfgen": arm_done["selfgen"]}
@@ -63,44 +68,102 @@ def _inputs_for(step: PlannedStage, done: dict[str, "object"]) -> dict:
     return {}
 
 
-def execute(run: PolyaRun, only: str | None = None, progress: bool | None = None) -> int:
-    """Run the plan in order; a completed stage (its manifest exists) is skipped."""
+def execute(run: PolyaRun, only: str | None = None, progress: bool | None = None, report: bool = True) -> int:
+    """Run the plan in order; a completed stage (its manifest exists) is skipped. Writes the report."""
     import importlib
+    import json
+    import sys
     import time
 
     from polya.artifacts import ArtifactStore, write_result
+    from polya.serve.launch import ensure_ray
     from polya.stages import StageNotImplemented, get_stage
     from polya.stages.common import StageContext
-    from polya.serve.launch import ensure_ray
 
+    live = sys.stderr.isatty() if progress is None else progress
     store = ArtifactStore(run.spec.storage.uri)
     done: dict = {}
+    results: dict = {}
+    steps = plan(run.spec)
     ensure_ray()
-    for step in plan(run.spec):
-        try:
-            get_stage(step.stage)
-        except StageNotImplemented as exc:
-            print(f"polya run: {exc}; stopping before {step.key}")
-            return 2
-        module = importlib.import_module(f"polya.stages.{step.stage}")
-        ctx = StageContext(run=run, store=store, arm=step.arm, inputs=_inputs_for(step, done))
-        if progress is not None:
-            ctx.progress = progress
-        t0 = time.perf_counter()
-        if only and step.stage != only:
+    view = _ProgressView(steps, live)
+    with view:
+        for step in steps:
+            try:
+                get_stage(step.stage)
+            except StageNotImplemented as exc:
+                print(f"polya run: {exc}; stopping before {step.key}")
+                return 2
+            module = importlib.import_module(f"polya.stages.{step.stage}")
+            ctx = StageContext(run=run, store=store, arm=step.arm, inputs=_inputs_for(step, done), progress=live)
+            if only and step.stage != only:
+                art = store.artifact(step.stage, module.key(ctx))
+                if not art.exists():
+                    print(f"polya run: --only {only}: {step.key} has not run yet; run the stages before it first")
+                    return 1
+                done[step.key] = art
+                continue
+            view.start(step)
+            t0 = time.perf_counter()
+            result = module.run(ctx)
+            seconds = None if result.skipped else time.perf_counter() - t0
             art = store.artifact(step.stage, module.key(ctx))
-            if not art.exists():
-                print(f"polya run: --only {only}: {step.key} has not run yet; run the stages before it first")
-                return 1
             done[step.key] = art
-            continue
-        result = module.run(ctx)
-        done[step.key] = store.artifact(step.stage, module.key(ctx))
-        write_result(run.spec.storage.uri, step.key, result.artifact_uri, result.figures)
-        state = "cached" if result.skipped else f"{time.perf_counter() - t0:.1f}s"
-        figures = ", ".join(f"{k}={v:.4g}" for k, v in list(result.figures.items())[:6])
-        print(f"{step.key}: {state} -> {result.artifact_uri} ({figures})", flush=True)
+            results[step.key] = {"artifact": str(art.local), "figures": result.figures, "seconds": seconds}
+            write_result(run.spec.storage.uri, step.key, result.artifact_uri, result.figures)
+            view.finish(step, result, seconds)
+    if report and not only:
+        from polya.analysis.report import build_report
+
+        path = build_report(run, results, store.root / "report")
+        line = {"event": "report", "path": str(path)}
+        print(json.dumps(line) if not live else f"report: {path} (and report.html beside it)", flush=True)
     return 0
+
+
+class _ProgressView:
+    """A live view (stage, ETA, key figures) on a terminal; one JSON line per event otherwise."""
+
+    def __init__(self, steps: list[PlannedStage], live: bool):
+        self.steps, self.live = steps, live
+        self.progress = None
+
+    def __enter__(self):
+        if self.live:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                                     TextColumn("{task.completed}/{task.total} stages"), TimeElapsedColumn(),
+                                     TextColumn("ETA"), TimeRemainingColumn())
+            self.progress.__enter__()
+            self.task = self.progress.add_task("starting", total=len(self.steps))
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress is not None:
+            self.progress.__exit__(*exc)
+
+    def start(self, step: PlannedStage) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, description=step.key)
+        else:
+            import json
+
+            print(json.dumps({"event": "stage_start", "step": step.key}), flush=True)
+
+    def finish(self, step: PlannedStage, result, seconds: float | None) -> None:
+        import json
+
+        figures = {k: v for k, v in list(result.figures.items())[:8]}
+        if self.progress is not None:
+            state = "cached" if seconds is None else f"{seconds:.1f}s"
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in figures.items() if isinstance(v, (int, float)))
+            self.progress.console.print(f"[green]✓[/] {step.key} ({state}) {shown}")
+            self.progress.advance(self.task)
+        else:
+            print(json.dumps({"event": "stage_done", "step": step.key, "cached": seconds is None,
+                              "seconds": seconds, "artifact": result.artifact_uri, "figures": figures},
+                             default=float), flush=True)
 
 
 def run_file(path: str, only: str | None = None, metrics_port: int | None = None, dry_run: bool = False) -> int:

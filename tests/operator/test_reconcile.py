@@ -46,7 +46,8 @@ def test_first_pass_creates_configmap_and_first_rayjob(run):
     assert d.status["phase"] == "Running" and d.status["currentStage"] == "base/evaluate"
     assert d.status["observedGeneration"] == 3
     assert [s["name"] for s in d.status["stages"]] == ["base/evaluate", "polya/selfgen", "polya/filter",
-                                                      "polya/midtrain", "polya/grpo", "polya/evaluate"]
+                                                      "polya/midtrain", "polya-sft/evaluate", "polya/grpo",
+                                                      "polya/evaluate"]
     assert d.events[0].reason == "StageStarted"
 
 
@@ -125,7 +126,7 @@ def test_all_succeeded_and_serve_creates_rayservice(run):
     assert d.status["phase"] == "Succeeded" and d.status["currentStage"] is None
     assert [o["kind"] for o in d.create] == ["RayService"]
     assert d.create[0]["metadata"]["name"] == "r-serve"
-    assert len(jobs) == 6
+    assert len(jobs) == 7
 
 
 def test_invalid_spec_fails_with_field_errors(run):

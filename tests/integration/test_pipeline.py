@@ -1,0 +1,120 @@
+"""`polya run` end to end on a tiny model: every stage's artifact and the report; a changed stage setting
+reruns only that stage and later ones; a run killed mid-GRPO resumes to completion from its checkpoint."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_run(model: Path, storage: Path, grpo_lr: float = 1e-3, grpo_steps: int = 2) -> dict:
+    return {
+        "apiVersion": "polya.dev/v1alpha1", "kind": "PolyaRun", "metadata": {"name": "tiny-e2e"},
+        "spec": {
+            "model": {"name": str(model), "dtype": "float32", "maxModelLen": 1024},
+            "dataset": {"source": "builtin:arithmetic", "limit": 3, "difficulty": [1]},
+            "heuristics": {"count": 1, "fewShot": False},
+            "storage": {"uri": str(storage)},
+            "selfGeneration": {"samplesPerHeuristic": 2, "maxTokens": 8},
+            # a random model is never right: admit its incorrect traces so mid-training has data
+            "filtering": {"keepIncorrect": 1.0, "verifyWorkers": 1},
+            "midTraining": {"epochs": 1, "batchSize": 2, "workers": 1, "zeroStage": 0, "precision": "fp32",
+                            "learningRate": 1e-3},
+            "grpo": {"steps": grpo_steps, "promptsPerStep": 2, "groupSize": 2, "workers": 1, "zeroStage": 0,
+                     "precision": "fp32", "klCoef": 0.0, "learningRate": grpo_lr, "checkpointEvery": 1,
+                     "rollout": {"maxTokens": 8}},
+            "evaluation": {"samples": 2, "k": [1, 2], "maxTokens": 8,
+                           "benchmarks": [{"name": "arith", "source": "builtin:arithmetic", "seed": 7, "limit": 2}]},
+        },
+    }
+
+
+def polya_run(path: Path, **kw) -> subprocess.Popen:
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", VLLM_CPU_KVCACHE_SPACE="1")
+    return subprocess.Popen([sys.executable, "-m", "polya.cli", "run", str(path)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
+
+
+def events(output: str) -> list[dict]:
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{\"event\"")]
+
+
+def finish(proc: subprocess.Popen, timeout: float = 900) -> list[dict]:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-4000:]
+    return events(out)
+
+
+def kill_ray_started_by(pid: int) -> None:
+    """Ray names a local cluster's session folder after the driver that started it (session_<time>_<pid>)."""
+    marker = f"_{pid}/"
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "/tmp/ray/session_" in cmd and marker in cmd.replace(" ", "/"):
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_end_to_end_rerun_and_resume(tiny_model, tmp_path):
+    storage = tmp_path / "run"
+    spec_path = tmp_path / "run.yaml"
+    spec_path.write_text(yaml.safe_dump(tiny_run(tiny_model, storage)))
+
+    # 1. the whole pipeline
+    ev = finish(polya_run(spec_path))
+    done = [e for e in ev if e["event"] == "stage_done"]
+    assert [e["step"] for e in done] == ["base/evaluate", "polya/selfgen", "polya/filter", "polya/midtrain",
+                                         "polya-sft/evaluate", "polya/grpo", "polya/evaluate"]
+    assert not any(e["cached"] for e in done)
+    for stage in ("selfgen", "filter", "midtrain", "grpo", "evaluate"):
+        folders = list((storage / stage).iterdir())
+        assert folders and all((f / "manifest.json").exists() for f in folders), stage
+    report = storage / "report"
+    for name in ("report.md", "report.html", "passk.png", "grpo_reward.png", "heuristics.png"):
+        assert (report / name).stat().st_size > 0, name
+    md = (report / "report.md").read_text()
+    assert "| base model |" in md and "| mid-trained (SFT) |" in md and "| Polya (SFT + GRPO) |" in md
+    assert ev[-1] == {"event": "report", "path": str(report / "report.md")}
+
+    # 2. a changed GRPO setting reruns GRPO and what follows, nothing before it
+    spec_path.write_text(yaml.safe_dump(tiny_run(tiny_model, storage, grpo_lr=2e-3)))
+    done = [e for e in finish(polya_run(spec_path)) if e["event"] == "stage_done"]
+    cached = {e["step"]: e["cached"] for e in done}
+    assert cached == {"base/evaluate": True, "polya/selfgen": True, "polya/filter": True, "polya/midtrain": True,
+                      "polya-sft/evaluate": True, "polya/grpo": False, "polya/evaluate": False}
+
+    # 3. killed mid-GRPO (after its first checkpoint), then resumed to completion
+    spec_path.write_text(yaml.safe_dump(tiny_run(tiny_model, storage, grpo_lr=3e-3, grpo_steps=3)))
+    proc = polya_run(spec_path)
+    ckpts = storage / "checkpoints" / "grpo"
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        if any((d / "step_1" / "polya_state.json").exists() for d in ckpts.iterdir() if not (storage / "grpo" / d.name / "manifest.json").exists()):
+            break
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    kill_ray_started_by(proc.pid)  # what a killed `polya run` leaves behind (never this session's own Ray)
+    done = [e for e in finish(polya_run(spec_path)) if e["event"] == "stage_done"]
+    grpo = next(e for e in done if e["step"] == "polya/grpo")
+    assert grpo["cached"] is False and grpo["figures"]["steps"] == 3
+    steps = json.loads((Path(grpo["artifact"]) / "steps.json").read_text())
+    assert [r["step"] for r in steps] == [1, 2, 3]
