@@ -68,7 +68,8 @@ def _inputs_for(step: PlannedStage, done: dict[str, "object"]) -> dict:
     return {}
 
 
-def execute(run: PolyaRun, only: str | None = None, progress: bool | None = None, report: bool = True) -> int:
+def execute(run: PolyaRun, only: str | None = None, progress: bool | None = None, report: bool = True,
+            arm: str | None = None) -> int:
     """Run the plan in order; a completed stage (its manifest exists) is skipped. Writes the report."""
     import importlib
     import json
@@ -95,13 +96,19 @@ def execute(run: PolyaRun, only: str | None = None, progress: bool | None = None
                 print(f"polya run: {exc}; stopping before {step.key}")
                 return 2
             module = importlib.import_module(f"polya.stages.{step.stage}")
-            ctx = StageContext(run=run, store=store, arm=step.arm, inputs=_inputs_for(step, done), progress=live)
-            if only and step.stage != only:
-                art = store.artifact(step.stage, module.key(ctx))
-                if not art.exists():
-                    print(f"polya run: --only {only}: {step.key} has not run yet; run the stages before it first")
+            target = not only or (step.stage == only and (arm is None or step.arm == arm))
+            try:
+                inputs = _inputs_for(step, done)
+            except KeyError as missing:
+                if target:
+                    print(f"polya run: {step.key} needs {missing} to have completed first; run the stages before it")
                     return 1
-                done[step.key] = art
+                continue  # a step of another arm whose inputs are not there: not needed here
+            ctx = StageContext(run=run, store=store, arm=step.arm, inputs=inputs, progress=live)
+            if not target:
+                art = store.artifact(step.stage, module.key(ctx))
+                if art.exists():
+                    done[step.key] = art  # an input of a later target
                 continue
             view.start(step)
             t0 = time.perf_counter()
@@ -185,8 +192,9 @@ def run_file(path: str, only: str | None = None, metrics_port: int | None = None
 
 
 def run_stage_from_file(name: str, spec_path: str, arm: str = "polya") -> int:
-    """`polya stage NAME`: what a cluster RayJob runs. Inputs are found by content address."""
+    """`polya stage NAME --arm ARM`: what a cluster RayJob runs — exactly that one step; the steps before
+    it must have completed (their artifacts are found by content address in the run's storage)."""
     from polya.validation import load_run_file
 
     run = load_run_file(spec_path)
-    return execute(run, only=name)
+    return execute(run, only=name, arm=arm)
