@@ -206,7 +206,9 @@ def train_loop(config: dict[str, Any]) -> None:
         prepared = [_batch(mb, pad) for mb in micro_batches]
         t1 = time.perf_counter()
         with torch.no_grad():
-            olds = [_logps(engine.module, ids, attn)[0] for ids, attn, _, _ in prepared]
+            # with one inner epoch the data is exactly on-policy: the ratio is 1 and the old logprobs are the
+            # current ones (detached in the loss), so the extra forward pass is skipped, as TRL does
+            olds = [_logps(engine.module, ids, attn)[0] if g["mu"] > 1 else None for ids, attn, _, _ in prepared]
             refs = [_logps(ref, ids, attn)[0] if ref is not None else None for ids, attn, _, _ in prepared]
         t_ref = time.perf_counter() - t1
         t2 = time.perf_counter()
@@ -215,7 +217,7 @@ def train_loop(config: dict[str, Any]) -> None:
         for epoch in range(g["mu"]):
             for (ids, attn, mask, adv), old, refp in zip(prepared, olds, refs):
                 lp, ent = _logps(engine, ids, attn, want_entropy=epoch == 0)
-                loss, st = grpo_loss(lp, old, adv, mask, clip_low=g["clipRatio"], clip_high=config["clip_high"],
+                loss, st = grpo_loss(lp, lp.detach() if old is None else old, adv, mask, clip_low=g["clipRatio"], clip_high=config["clip_high"],
                                      ref_logp=refp, kl_coef=g["klCoef"], aggregation=g["lossAggregation"])
                 engine.backward(loss)
                 engine.step()
