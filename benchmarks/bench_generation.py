@@ -74,14 +74,17 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--dtype", default="auto", help="auto: bfloat16 where this machine computes it natively")
     args = ap.parse_args()
     from polya.models import resolve
 
     path = resolve(args.model)
     prompts = build_prompts(path, args.prompts)
-    serve_tps = through_serve(path, prompts, args.max_tokens, args.repeats, args.dtype)
-    offline_tps = offline(path, prompts, args.max_tokens, args.repeats, args.dtype)
+    from polya.hardware import resolve_dtype
+
+    dtype = resolve_dtype(args.dtype)  # vLLM's own "auto" would mean the checkpoint's dtype
+    serve_tps = through_serve(path, prompts, args.max_tokens, args.repeats, dtype)
+    offline_tps = offline(path, prompts, args.max_tokens, args.repeats, dtype)
     print(f"model={args.model} prompts={len(prompts)} max_tokens={args.max_tokens} (fixed length)")
     print(f"serve path (Ray Serve handle -> AsyncLLM): {serve_tps:8.1f} tokens/s")
     print(f"baseline vLLM offline LLM.generate:        {offline_tps:8.1f} tokens/s")

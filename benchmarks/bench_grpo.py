@@ -23,7 +23,8 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 FORMAT_REWARD = 0.1
 
 
-def polya_grpo(model: str, steps: int, prompts: int, group: int, max_tokens: int, lr: float, root: Path) -> list[dict]:
+def polya_grpo(model: str, steps: int, prompts: int, group: int, max_tokens: int, lr: float, root: Path,
+               precision: str) -> list[dict]:
     from polya.artifacts import ArtifactStore
     from polya.spec import PolyaRun
     from polya.stages import grpo
@@ -31,10 +32,11 @@ def polya_grpo(model: str, steps: int, prompts: int, group: int, max_tokens: int
 
     run = PolyaRun.model_validate({
         "apiVersion": "polya.dev/v1alpha1", "kind": "PolyaRun", "metadata": {"name": "bench"},
-        "spec": {"model": {"name": model, "maxModelLen": 2048}, "dataset": {"source": "builtin:arithmetic", "limit": 256},
+        "spec": {"model": {"name": model, "maxModelLen": 2048, "dtype": "bfloat16" if precision == "bf16" else "float32"},
+                 "dataset": {"source": "builtin:arithmetic", "limit": 256},
                  "storage": {"uri": str(root)}, "heuristics": {"count": 1, "fewShot": True},
                  "grpo": {"steps": steps, "promptsPerStep": prompts, "groupSize": group, "learningRate": lr,
-                          "klCoef": 0.0, "workers": 1, "zeroStage": 0, "precision": "bf16", "microBatchSize": 4,
+                          "klCoef": 0.0, "workers": 1, "zeroStage": 0, "precision": precision, "microBatchSize": 4,
                           "formatReward": FORMAT_REWARD, "checkpointEvery": 10**6,
                           "rollout": {"maxTokens": max_tokens, "temperature": 1.0}},
                  "evaluation": {"samples": 1, "k": [1], "benchmarks": [{"name": "a", "source": "builtin:arithmetic"}]}},
@@ -44,9 +46,10 @@ def polya_grpo(model: str, steps: int, prompts: int, group: int, max_tokens: int
     return json.loads((ctx.store.artifact("grpo", grpo.key(ctx)).local / "steps.json").read_text())
 
 
-def trl_grpo(model_path: str, steps: int, prompts: int, group: int, max_tokens: int, lr: float, out: Path) -> list[float]:
+def trl_grpo(model_path: str, steps: int, prompts: int, group: int, max_tokens: int, lr: float, out: Path,
+             precision: str) -> list[float]:
     from datasets import Dataset
-    from transformers import TrainerCallback
+    from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     from polya.answers import extract_answer
@@ -74,8 +77,11 @@ def trl_grpo(model_path: str, steps: int, prompts: int, group: int, max_tokens: 
     cfg = GRPOConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=prompts * group,
                      gradient_accumulation_steps=1, num_generations=group, max_completion_length=max_tokens,
                      learning_rate=lr, beta=0.0, temperature=1.0, logging_steps=1, report_to=[], save_strategy="no",
-                     use_cpu=True, bf16=True, use_vllm=False, seed=0)
-    trainer = GRPOTrainer(model=model_path, reward_funcs=reward, args=cfg, train_dataset=data, callbacks=[Timer()])
+                     use_cpu=True, bf16=precision == "bf16", use_vllm=False, seed=0)
+    import torch
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
+    trainer = GRPOTrainer(model=model, reward_funcs=reward, args=cfg, train_dataset=data, callbacks=[Timer()])
     trainer.train()
     return times
 
@@ -89,24 +95,29 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--lr", type=float, default=2e-6)
+    ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                    help="both sides use it (rollout dtype too); auto: bf16 where this CPU computes it natively")
     args = ap.parse_args()
+    from polya.hardware import resolve_precision
     from polya.models import resolve
+
+    precision = resolve_precision(args.precision)
 
     path = resolve(args.model)
     tmp = Path(tempfile.mkdtemp(prefix="polya-bench-grpo-"))
-    polya_rows = polya_grpo(args.model, args.steps, args.prompts, args.group, args.max_tokens, args.lr, tmp / "polya")
+    polya_rows = polya_grpo(args.model, args.steps, args.prompts, args.group, args.max_tokens, args.lr, tmp / "polya", precision)
     polya_s = [r["t_rollout"] + r["t_reference"] + r["t_learn"] + r["t_sync"] for r in polya_rows]
-    trl_s = trl_grpo(path, args.steps, args.prompts, args.group, args.max_tokens, args.lr, tmp / "trl")
+    trl_s = trl_grpo(path, args.steps, args.prompts, args.group, args.max_tokens, args.lr, tmp / "trl", precision)
     # the first step of each carries one-off warm-up (compilation, allocator): compare the rest where possible
     p = sum(polya_s[1:]) / max(1, len(polya_s) - 1) if len(polya_s) > 1 else polya_s[0]
     t = sum(trl_s[1:]) / max(1, len(trl_s) - 1) if len(trl_s) > 1 else trl_s[0]
     print(f"config: {args.model}, {args.prompts} prompts x {args.group} completions, max_tokens {args.max_tokens}, "
-          f"{args.steps} steps, lr {args.lr}, no KL")
+          f"{args.steps} steps, lr {args.lr}, no KL, {precision} on both")
     print(f"polya  s/step: {p:7.2f}   (per step: {', '.join(f'{x:.1f}' for x in polya_s)})")
     print(f"TRL    s/step: {t:7.2f}   (per step: {', '.join(f'{x:.1f}' for x in trl_s)})")
     print(f"ratio TRL/polya = {t / p:.2f}x  (target >= 1.5x)")
     if args.long_steps:
-        rows = polya_grpo(args.model, args.long_steps, args.prompts, args.group, args.max_tokens, args.lr, tmp / "long")
+        rows = polya_grpo(args.model, args.long_steps, args.prompts, args.group, args.max_tokens, args.lr, tmp / "long", precision)
         print(f"polya {args.long_steps}-step run: mean reward step 1 = {rows[0]['reward_mean']:.3f}, "
               f"step {len(rows)} = {rows[-1]['reward_mean']:.3f}")
 

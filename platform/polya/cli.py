@@ -157,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--replicas", type=int, default=1)
     sv.add_argument("--gpus", type=float, default=0, help="GPUs per replica")
     sv.add_argument("--engine", choices=["auto", "vllm", "transformers"], default="auto")
-    sv.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
+    sv.add_argument("--dtype", choices=["auto", "bfloat16", "float32"], default="auto",
+                    help="auto: bfloat16 where the hardware computes it natively, else float32")
     sv.add_argument("--max-model-len", type=int, default=2048)
     sv.add_argument("--max-tokens-limit", type=int, default=2048)
     sv.add_argument("--reward", action="store_true", help="also serve the embedding reward model at /score")

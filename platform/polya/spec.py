@@ -80,8 +80,10 @@ class ModelSpec(_Model):
         description="Hub name (org/name), local path, storage URI, or builtin:smollm2-135m-instruct.",
     )
     revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
-    dtype: Literal["bfloat16", "float32"] = Field(
-        default="bfloat16", description="Weights dtype for rollout engines and learners."
+    dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        default="auto",
+        description="Weights dtype of the rollout engines. auto: bfloat16 where the hardware computes it natively "
+        "(GPUs, AVX512/AMX CPUs), float32 elsewhere (bf16 is ~4x slower than fp32 on AVX2-only CPUs).",
     )
     trustRemoteCode: bool = Field(default=False, description="Allow custom modelling code from the hub.")
     maxModelLen: PositiveInt = Field(default=4096, description="Context length for engines and learners.")
@@ -266,7 +268,9 @@ class LearnerSpec(_Model):
     workers: PositiveInt = Field(default=1, description="Ray Train workers (one DeepSpeed rank each).")
     gpusPerWorker: Annotated[float, Field(ge=0)] = 0
     zeroStage: Annotated[int, Field(ge=0, le=3)] = Field(default=2, description="DeepSpeed ZeRO stage 0-3.")
-    precision: Literal["bf16", "fp32"] = "bf16"
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        default="auto", description="Learner precision. auto: bf16 where the hardware computes it natively, else fp32."
+    )
     gradientCheckpointing: bool = False
     microBatchSize: PositiveInt = Field(default=1, description="Sequences per worker per forward pass.")
     weightDecay: Annotated[float, Field(ge=0)] = 0.0
@@ -301,6 +305,12 @@ class GRPOSpec(LearnerSpec):
     formatReward: Annotated[float, Field(ge=0)] = Field(default=0.0, description="Reward for a boxed final answer.")
     dynamicSampling: bool = Field(default=False, description="Resample groups whose rewards are all equal.")
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    weightSync: Literal["collective", "objectStore"] = Field(
+        default="collective",
+        description="How each step's weights reach the rollout replicas. collective: learner rank 0 broadcasts "
+        "over a process group with the vLLM workers (NCCL on GPUs, gloo on CPU; 6x faster than objectStore even "
+        "on CPU); objectStore: safetensors bytes through Ray's object store (no direct learner-replica network).",
+    )
 
     @property
     def clip_high(self) -> float:

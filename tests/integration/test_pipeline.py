@@ -33,6 +33,7 @@ def tiny_run(model: Path, storage: Path, grpo_lr: float = 1e-3, grpo_steps: int 
                             "learningRate": 1e-3},
             "grpo": {"steps": grpo_steps, "promptsPerStep": 2, "groupSize": 2, "workers": 1, "zeroStage": 0,
                      "precision": "fp32", "klCoef": 0.0, "learningRate": grpo_lr, "checkpointEvery": 1,
+                     "weightSync": "objectStore",  # test_grpo.py covers the default (collective) path
                      "rollout": {"maxTokens": 8}},
             "evaluation": {"samples": 2, "k": [1, 2], "maxTokens": 8,
                            "benchmarks": [{"name": "arith", "source": "builtin:arithmetic", "seed": 7, "limit": 2}]},

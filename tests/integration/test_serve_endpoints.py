@@ -83,6 +83,37 @@ def test_update_weights_changes_greedy_output(rollout, tiny_model):
     assert after != before
 
 
+def test_collective_sync_loads_the_same_weights_as_a_blob(rollout, tiny_model):
+    """The learner-side broadcast (gloo here; NCCL on GPUs, same code) into the vLLM worker: greedy output
+    after it equals greedy output after loading the same weights as a safetensors blob."""
+    import safetensors.torch
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from polya.serve.launch import broadcast_weights_collective
+
+    greedy = {"temperature": 0.0, "max_tokens": 12, "n": 1, "seed": None, "logprobs": True, "top_p": 1.0, "stop": []}
+
+    def tokens():
+        return rollout.generate.remote(["The answer is"], greedy).result()[0][0]["token_ids"]
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    original = {k: v.contiguous() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    g = torch.Generator().manual_seed(11)
+    moved = {k: (v + torch.randn(v.shape, generator=g) * 0.5).contiguous() for k, v in original.items()}
+    start = rollout.info.remote().result()["weight_version"]
+    rollout.update_weights.remote(safetensors.torch.save(original), start + 1).result()
+    before = tokens()
+
+    loaded = asyncio.run(broadcast_weights_collective(rollout, "endpoint-test", moved, start + 2, host="127.0.0.1",
+                                                      bucket_mb=0.05, timeout_s=120))
+    assert loaded == 1 and rollout.info.remote().result()["weight_version"] == start + 2
+    by_group = tokens()
+    assert by_group != before
+    rollout.update_weights.remote(safetensors.torch.save(moved), start + 3).result()
+    assert tokens() == by_group  # the blob path with the same weights samples the same greedy tokens
+
+
 def test_dead_replica_is_replaced_and_batch_retried(rollout):
     import ray
 

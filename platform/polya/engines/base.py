@@ -3,7 +3,9 @@
 An engine is asynchronous: ``await engine.generate(prompts, sampling)`` returns, for every prompt,
 ``sampling.n`` completions with text, token ids, per-token logprobs of the sampled tokens and a finish
 reason; ``await engine.update_weights(blob)`` loads new weights (safetensors bytes of a state dict in
-Hugging Face names) so the next generate samples from the updated policy.
+Hugging Face names) so the next generate samples from the updated policy;
+``await engine.receive_weights(group, rank)`` does the same with weights broadcast by a learner over a
+process group (`polya.rl.weight_sync`: NCCL on GPUs, gloo on CPU).
 """
 from __future__ import annotations
 
@@ -60,6 +62,8 @@ class Engine(Protocol):
 
     async def update_weights(self, blob: bytes) -> int: ...
 
+    async def receive_weights(self, group: dict[str, Any], rank: int) -> int: ...
+
     def count_tokens(self, text: str) -> int: ...
 
     def apply_chat_template(self, messages: list[dict[str, str]]) -> str: ...
@@ -89,7 +93,7 @@ class EngineConfig:
 
     model: str  # a resolved path or hub name, or an OpenAI base URL for kind=openai
     kind: str = "auto"  # auto | vllm | transformers | openai
-    dtype: str = "bfloat16"
+    dtype: str = "auto"  # auto | bfloat16 | float32; auto is resolved where the engine runs (polya.hardware)
     max_model_len: int = 2048
     max_num_seqs: int = 64
     seed: int = 0

@@ -5,6 +5,7 @@ import asyncio
 import threading
 
 from polya.engines.base import Completion, EngineConfig, Sampling, check_token_limit
+from polya.hardware import resolve_dtype
 
 
 class HFEngine:
@@ -19,7 +20,7 @@ class HFEngine:
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model, padding_side="left")
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=getattr(torch, cfg.dtype)).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=getattr(torch, resolve_dtype(cfg.dtype))).eval()
         self._lock = threading.Lock()
         self.weight_version = 0
 
@@ -89,7 +90,16 @@ class HFEngine:
     def _load(self, blob: bytes) -> int:
         import safetensors.torch
 
-        state = safetensors.torch.load(blob)
+        return self._load_state(safetensors.torch.load(blob))
+
+    def _receive(self, group: dict, rank: int) -> int:
+        from polya.rl.weight_sync import GroupSpec, open_store, receive
+
+        spec = GroupSpec.from_dict(group)
+        store = open_store(spec.host, spec.port, master=False, timeout_s=spec.timeout_s)
+        return self._load_state(dict(receive(spec, store, rank, self.model.device)))
+
+    def _load_state(self, state: dict) -> int:
         with self._lock:
             missing, unexpected = self.model.load_state_dict(state, strict=False)
             self.model.tie_weights()
@@ -99,6 +109,11 @@ class HFEngine:
 
     async def update_weights(self, blob: bytes) -> int:
         n = await asyncio.to_thread(self._load, blob)
+        self.weight_version += 1
+        return n
+
+    async def receive_weights(self, group: dict, rank: int) -> int:
+        n = await asyncio.to_thread(self._receive, group, rank)
         self.weight_version += 1
         return n
 

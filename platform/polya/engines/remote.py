@@ -61,5 +61,8 @@ class OpenAIEngine:
     async def update_weights(self, blob: bytes) -> int:
         raise NotImplementedError("an OpenAI-compatible endpoint cannot receive weights; use a Serve handle")
 
+    async def receive_weights(self, group: dict, rank: int) -> int:
+        raise NotImplementedError("an OpenAI-compatible endpoint cannot join a weight-sync group; use a Serve handle")
+
     async def close(self) -> None:
         await self.client.close()

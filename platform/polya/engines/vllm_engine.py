@@ -11,6 +11,7 @@ import os
 import uuid
 
 from polya.engines.base import Completion, EngineConfig, Sampling, check_token_limit
+from polya.hardware import resolve_dtype
 
 
 def _reload_weights_in_worker(worker, blob: bytes) -> int:  # runs inside a vLLM worker process
@@ -19,6 +20,20 @@ def _reload_weights_in_worker(worker, blob: bytes) -> int:  # runs inside a vLLM
     state = safetensors.torch.load(blob)
     worker.model_runner.reload_weights(weights_iterator=iter(list(state.items())))
     return len(state)
+
+
+def _receive_weights_in_worker(worker, group: dict, rank: int) -> int:  # runs inside a vLLM worker process
+    """Join the learner's weight-sync group as ``rank``, receive every tensor, reload them."""
+    import torch
+
+    from polya.rl.weight_sync import GroupSpec, open_store, receive
+
+    spec = GroupSpec.from_dict(group)
+    device = torch.device("cuda", torch.cuda.current_device()) if spec.backend == "nccl" else torch.device("cpu")
+    store = open_store(spec.host, spec.port, master=False, timeout_s=spec.timeout_s)
+    items = receive(spec, store, rank, device)
+    worker.model_runner.reload_weights(weights_iterator=iter(items))
+    return len(items)
 
 
 class VLLMEngine:
@@ -33,7 +48,7 @@ class VLLMEngine:
         self.max_model_len = cfg.max_model_len
         args = AsyncEngineArgs(
             model=cfg.model,
-            dtype=cfg.dtype,
+            dtype=resolve_dtype(cfg.dtype),
             max_model_len=cfg.max_model_len,
             max_num_seqs=cfg.max_num_seqs,
             seed=cfg.seed,
@@ -105,7 +120,13 @@ class VLLMEngine:
         return list(await asyncio.gather(*[self._one(p, self._params(sampling, i)) for i, p in enumerate(prompts)]))
 
     async def update_weights(self, blob: bytes) -> int:
-        counts = await self._engine.collective_rpc(_reload_weights_in_worker, args=(blob,))
+        return await self._reload(_reload_weights_in_worker, blob)
+
+    async def receive_weights(self, group: dict, rank: int) -> int:
+        return await self._reload(_receive_weights_in_worker, group, rank)
+
+    async def _reload(self, fn, *args) -> int:
+        counts = await self._engine.collective_rpc(fn, args=args)
         await self._engine.reset_prefix_cache()  # cached KV was computed with the old weights
         self.weight_version += 1
         return int(counts[0])

@@ -6,16 +6,23 @@ import contextlib
 import torch
 
 
-def full_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Full (gathered under ZeRO-3) parameters and buffers, on CPU, without a tied output embedding."""
+def full_state_dict(module: torch.nn.Module, device: torch.device | str = "cpu",
+                    dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Full (gathered under ZeRO-3) parameters and buffers on ``device`` (floating ones cast to ``dtype`` when
+    given), without a tied output embedding."""
     params = list(module.parameters())
     gather = contextlib.nullcontext()
     if any(hasattr(p, "ds_id") for p in params):  # ZeRO-3 partitions parameters
         import deepspeed
 
         gather = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+    def copy(v: torch.Tensor) -> torch.Tensor:
+        cast = dtype if dtype is not None and v.is_floating_point() else v.dtype
+        return v.detach().to(device, dtype=cast, copy=True).contiguous()
+
     with gather:
-        state = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
+        state = {k: copy(v) for k, v in module.state_dict().items()}
     tied = getattr(getattr(module, "config", None), "tie_word_embeddings", False)
     if tied:
         state.pop("lm_head.weight", None)

@@ -105,15 +105,13 @@ async def broadcast_weights(handle, app_name: str, blob: bytes, version: int, ti
     import time
 
     import ray
-    from ray import serve
 
     ref = ray.put(blob)
     deadline = time.monotonic() + timeout_s
     seen: set[str] = set()
     loaded = 0
     while True:
-        status = serve.status().applications[app_name].deployments["rollout"]
-        running = status.replica_states.get("RUNNING", 0)
+        running = running_replicas(app_name)
         if running and len(seen) >= running:
             return loaded
         if time.monotonic() > deadline:
@@ -121,6 +119,47 @@ async def broadcast_weights(handle, app_name: str, blob: bytes, version: int, ti
         res = await call_with_retry(handle.update_weights, ref, version)
         seen.add(res["replica"])
         loaded += 0 if res["skipped"] else 1
+
+
+def running_replicas(app_name: str) -> int:
+    from ray import serve
+
+    return serve.status().applications[app_name].deployments["rollout"].replica_states.get("RUNNING", 0)
+
+
+async def broadcast_weights_collective(handle, app_name: str, state: dict, version: int, *, host: str | None = None,
+                                       bucket_mb: float | None = None, timeout_s: float = 300) -> int:
+    """Send weights ``version`` to every running replica over a process group (`polya.rl.weight_sync`):
+    NCCL when ``state`` lives on a GPU, gloo on CPU. Returns how many replicas loaded them.
+
+    Tensors go in their own dtype (the engine casts on load). Serve routes each join call to one replica, so the call
+    is repeated until every replica has claimed a rank; then rank 0 (this process) broadcasts."""
+    import time
+
+    import ray
+
+    from polya.rl import weight_sync as ws
+
+    host = host or ray.util.get_node_ip_address()
+    replicas = running_replicas(app_name)
+    if not replicas:
+        raise RuntimeError(f"rollout app {app_name!r} has no running replica to send weights to")
+    metas, buckets = ws.plan(state, bucket_mb or ws.DEFAULT_BUCKET_MB)
+    store = await asyncio.to_thread(ws.open_store, host, 0, True, timeout_s)
+    spec = ws.GroupSpec(host=host, port=store.port, world=1 + replicas, version=version,
+                        backend=ws.backend_for(next(iter(state.values())).device), tensors=metas, buckets=buckets,
+                        timeout_s=timeout_s)
+    deadline = time.monotonic() + timeout_s
+    joined: set[str] = set()
+    while len(joined) < replicas:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"weights v{version}: {len(joined)}/{replicas} rollout replicas joined the group")
+        res = await call_with_retry(handle.join_weight_group, spec.to_dict())
+        if res["rank"] is not None:
+            joined.add(res["replica"])
+    await asyncio.to_thread(ws.send, spec, store, state)
+    await asyncio.to_thread(ws.wait_loaded, store, spec)
+    return replicas
 
 
 def shutdown_serve() -> None:

@@ -2,7 +2,8 @@
 
 Handle API (stages, learners):  ``await handle.generate.remote(prompts, sampling_dict)`` → per prompt a
 list of completion dicts (text, token_ids, logprobs, finish_reason, prompt_tokens);
-``handle.update_weights.remote(blob)``; ``handle.info.remote()``.
+``handle.update_weights.remote(blob)``; ``handle.join_weight_group.remote(group)`` (the collective path
+of `polya.rl.weight_sync`); ``handle.info.remote()``.
 
 HTTP (people, harnesses, the `openai` client): ``GET /v1/models``, ``POST /v1/completions``,
 ``POST /v1/chat/completions``. A request whose prompt + max_tokens exceeds the context, or that asks
@@ -87,6 +88,8 @@ class RolloutServer:
         self.tokens_out = 0
         self.requests = 0
         self.version = 0  # weight version: 0 = the weights the replica started from
+        self._joined = 0  # the last weight-sync group version this replica claimed a rank in
+        self._receiving: set = set()  # background receive tasks (a reference keeps them alive)
 
     # ------------------------------------------------------------------ handle API
     async def generate(self, prompts: list[str], sampling: dict[str, Any]) -> list[list[dict[str, Any]]]:
@@ -108,6 +111,39 @@ class RolloutServer:
         n = await self.engine.update_weights(blob)
         self.version = version if version is not None else self.version + 1
         return {"replica": self.replica_id, "tensors": n, "version": self.version, "skipped": False}
+
+    async def join_weight_group(self, group: dict[str, Any]) -> dict[str, Any]:
+        """Claim a rank in the learner's weight-sync group for ``group['version']`` and start receiving in
+        the background; answers at once (the learner broadcasts once every replica has joined). A replica
+        asked again for a version it joined, or whose group is already full, answers ``rank: None``."""
+        import asyncio
+
+        from polya.rl.weight_sync import GroupSpec, claim_rank, open_store
+
+        spec = GroupSpec.from_dict(group)
+        if spec.version <= self._joined:
+            return {"replica": self.replica_id, "rank": None}
+        store = await asyncio.to_thread(open_store, spec.host, spec.port, False, spec.timeout_s)
+        rank = await asyncio.to_thread(claim_rank, spec, store)
+        if rank is None:
+            return {"replica": self.replica_id, "rank": None}
+        self._joined = spec.version
+        task = asyncio.create_task(self._receive(spec, store, rank, group))
+        self._receiving.add(task)
+        task.add_done_callback(self._receiving.discard)
+        return {"replica": self.replica_id, "rank": rank}
+
+    async def _receive(self, spec, store, rank: int, group: dict[str, Any]) -> None:
+        import asyncio
+
+        from polya.rl.weight_sync import report
+
+        try:
+            await self.engine.receive_weights(group, rank)
+            self.version = spec.version
+            await asyncio.to_thread(report, store, spec, rank)
+        except Exception as exc:  # noqa: BLE001 - the learner waits on the store: tell it why
+            await asyncio.to_thread(report, store, spec, rank, f"replica {self.replica_id}: {type(exc).__name__}: {exc}")
 
     async def info(self) -> dict[str, Any]:
         return {

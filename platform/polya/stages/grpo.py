@@ -8,7 +8,9 @@ answer; groups whose rewards are all equal carry no signal and are counted (and,
 normalisation per `scaleRewards`). The batch is broadcast to all ranks; each rank computes old and
 reference logprobs for its shard, runs `mu` epochs of the clipped surrogate (+ k3 KL when `klCoef` > 0;
 `klCoef: 0` loads no reference model) and DeepSpeed steps once per epoch. Then the full weights go to
-the rollout replicas (safetensors bytes through the object store on CPU).
+every rollout replica before the next step: by default rank 0 broadcasts them over a process group that
+the vLLM workers join (`polya.rl.weight_sync`: NCCL on GPUs, gloo on CPU); ``weightSync: objectStore``
+sends safetensors bytes through Ray's object store instead.
 
 Checkpoints (model, optimizer, scheduler, step, RNG) every `checkpointEvery` steps under
 ``<storage>/checkpoints/grpo/<key>/``; a restarted stage resumes from the latest. The artifact holds
@@ -32,7 +34,8 @@ from polya.stages.midtrain import CKPT_STATE, _latest_checkpoint
 def key(ctx: StageContext) -> str:
     g = ctx.run.spec.grpo
     start = ctx.inputs["model"].key if "model" in ctx.inputs else ctx.run.spec.model.name
-    slice_ = {"grpo": g.model_dump(exclude={"workers", "gpusPerWorker", "inputUri", "enabled", "checkpointEvery"}),
+    slice_ = {"grpo": g.model_dump(exclude={"workers", "gpusPerWorker", "inputUri", "enabled", "checkpointEvery",
+                                            "weightSync"}),
               "dataset": ctx.run.spec.dataset.model_dump(), "fewShot": ctx.run.spec.heuristics.fewShot,
               "seed": ctx.run.spec.seed, "arm": ctx.arm}
     return stage_key("grpo", slice_, {"start": start})
@@ -133,11 +136,12 @@ def train_loop(config: dict[str, Any]) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from polya.data import load_questions
+    from polya.hardware import resolve_precision
     from polya.rl.deepspeed_config import deepspeed_config
     from polya.rl.grpo import aggregate, grpo_loss
     from polya.rl.schedule import warmup_cosine
     from polya.rl.weights import full_state_dict, to_blob
-    from polya.serve.launch import broadcast_weights
+    from polya.serve.launch import broadcast_weights, broadcast_weights_collective
     from polya.spec import DatasetSpec
     from polya.verify import Verifier
 
@@ -146,7 +150,8 @@ def train_loop(config: dict[str, Any]) -> None:
     g = config["grpo"]
     torch.manual_seed(config["seed"] + rank)
     tok = AutoTokenizer.from_pretrained(config["model_path"])
-    dtype = torch.bfloat16 if g["precision"] == "bf16" else torch.float32
+    precision = resolve_precision(g["precision"])  # on this worker's hardware
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(config["model_path"], dtype=dtype)
     if g["gradientCheckpointing"]:
         model.gradient_checkpointing_enable()
@@ -162,7 +167,7 @@ def train_loop(config: dict[str, Any]) -> None:
     optimizer = torch.optim.AdamW(model.parameters(), lr=g["learningRate"], weight_decay=g["weightDecay"])
     warmup = int(g["warmupRatio"] * g["steps"] * g["mu"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, g["steps"] * g["mu"], warmup, 0.1))
-    ds = deepspeed_config(g["zeroStage"], g["precision"], micro, grad_accum, g["maxGradNorm"], g["offloadOptimizer"])
+    ds = deepspeed_config(g["zeroStage"], precision, micro, grad_accum, g["maxGradNorm"], g["offloadOptimizer"])
     engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                            config=ds)
     ckpt_root = Path(config["ckpt_root"])
@@ -177,11 +182,18 @@ def train_loop(config: dict[str, Any]) -> None:
     questions = load_questions(DatasetSpec(**config["dataset"]))[0] if rank == 0 else None
     verifier = Verifier(workers=config["verify_workers"], timeout_s=config["verify_timeout"]) if rank == 0 else None
 
+    collective = g["weightSync"] == "collective"
+
     def sync(version: int) -> float:
         t0 = time.perf_counter()
-        state = full_state_dict(engine.module)  # collective under ZeRO-3
+        if rank == 0 or g["zeroStage"] == 3:  # gathering ZeRO-3 shards takes every rank
+            # the collective path sends from where the weights are (NCCL from the GPU), the object store from CPU
+            state = full_state_dict(engine.module, device=engine.device if collective else "cpu")
         if rank == 0:
-            asyncio.run(broadcast_weights(handle, config["app"], to_blob(state, dtype), version))
+            if collective:
+                asyncio.run(broadcast_weights_collective(handle, config["app"], state, version))
+            else:
+                asyncio.run(broadcast_weights(handle, config["app"], to_blob(state), version))
         torch.distributed.barrier()
         return time.perf_counter() - t0
 

@@ -47,6 +47,7 @@ def train_loop(config: dict[str, Any]) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from polya.hardware import resolve_precision
     from polya.heuristics import render_prompt
     from polya.rl.deepspeed_config import deepspeed_config
     from polya.rl.schedule import warmup_cosine
@@ -57,7 +58,8 @@ def train_loop(config: dict[str, Any]) -> None:
     m = config["train"]
     torch.manual_seed(config["seed"])
     tok = AutoTokenizer.from_pretrained(config["model_path"])
-    dtype = torch.bfloat16 if m["precision"] == "bf16" else torch.float32
+    precision = resolve_precision(m["precision"])  # on this worker's hardware
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(config["model_path"], dtype=dtype)
     if m["gradientCheckpointing"]:
         model.gradient_checkpointing_enable()
@@ -76,7 +78,7 @@ def train_loop(config: dict[str, Any]) -> None:
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=m["learningRate"], weight_decay=m["weightDecay"])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, total_steps, warmup))
-    ds = deepspeed_config(m["zeroStage"], m["precision"], micro, grad_accum, m["maxGradNorm"], m["offloadOptimizer"])
+    ds = deepspeed_config(m["zeroStage"], precision, micro, grad_accum, m["maxGradNorm"], m["offloadOptimizer"])
     engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                                            config=ds)
 

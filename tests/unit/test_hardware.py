@@ -1,0 +1,29 @@
+"""`dtype: auto` / `precision: auto` follow what this machine computes natively."""
+from __future__ import annotations
+
+import pytest
+
+from polya import hardware
+from polya.spec import GRPOSpec, ModelSpec
+
+
+@pytest.mark.parametrize("native, dtype, precision", [(True, "bfloat16", "bf16"), (False, "float32", "fp32")])
+def test_auto_follows_native_bf16(monkeypatch, native, dtype, precision):
+    monkeypatch.setattr(hardware, "native_bf16", lambda: native)
+    assert hardware.resolve_dtype("auto") == dtype and hardware.resolve_precision("auto") == precision
+    # an explicit choice is never second-guessed
+    assert hardware.resolve_dtype("bfloat16") == "bfloat16" and hardware.resolve_precision("fp32") == "fp32"
+
+
+def test_defaults_are_auto():
+    assert ModelSpec(name="builtin:smollm2-135m-instruct").dtype == "auto"
+    assert GRPOSpec().precision == "auto"
+
+
+def test_this_machine_agrees_with_pytorch():
+    import torch
+
+    if torch.cuda.is_available():
+        assert hardware.native_bf16() == torch.cuda.is_bf16_supported()
+    else:
+        assert hardware.native_bf16() == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
