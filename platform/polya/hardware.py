@@ -35,3 +35,22 @@ def resolve_precision(precision: str) -> str:
     if precision == "auto":
         return "bf16" if native_bf16() else "fp32"
     return precision
+
+
+def learner_threads(cpu_count: int, local_world_size: int) -> int:
+    """Intra-op threads for one CPU learner: the node's cores shared by the learners on it. Ray sets
+    ``OMP_NUM_THREADS`` to a worker's reserved CPUs (1 for ``{"CPU": 1}``), which left one of two cores idle
+    during every backward pass; the rollout engines sit idle while the learners work, so the cores are theirs."""
+    return max(1, cpu_count // max(1, local_world_size))
+
+
+def use_learner_threads(local_world_size: int) -> int:
+    """Apply `learner_threads` in this (CPU) learner process; returns the thread count."""
+    import os
+
+    import torch
+
+    n = learner_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
+                        local_world_size)
+    torch.set_num_threads(n)
+    return n

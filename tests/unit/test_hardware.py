@@ -27,3 +27,8 @@ def test_this_machine_agrees_with_pytorch():
         assert hardware.native_bf16() == torch.cuda.is_bf16_supported()
     else:
         assert hardware.native_bf16() == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+@pytest.mark.parametrize("cpus, local, threads", [(2, 1, 2), (2, 2, 1), (16, 4, 4), (1, 3, 1), (8, 0, 8)])
+def test_learner_threads_share_the_node(cpus, local, threads):
+    assert hardware.learner_threads(cpus, local) == threads

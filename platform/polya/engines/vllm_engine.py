@@ -22,6 +22,42 @@ def _reload_weights_in_worker(worker, blob: bytes) -> int:  # runs inside a vLLM
     return len(state)
 
 
+def _exit_with_frontend(worker, frontend_pid: int) -> int:  # runs inside a vLLM worker process
+    """Kill this worker's EngineCore, then the worker, once the frontend process is gone.
+
+    vLLM stops its engine when the frontend (our Serve replica) exits cleanly, and the worker dies with
+    EngineCore through vLLM's death pipe; but nothing watches the frontend itself, so a SIGKILLed replica
+    (Ray replacing it, a killed `polya run`) left EngineCore and its worker running for good, holding their
+    memory (2.0 GB RSS for SmolLM2's worker). A zombie frontend counts as gone."""
+    import contextlib
+    import os
+    import signal
+    import threading
+    import time
+
+    import psutil
+
+    frontend = psutil.Process(frontend_pid)
+    core = os.getppid()
+
+    def alive() -> bool:
+        try:
+            return frontend.is_running() and frontend.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    def watch() -> None:
+        while alive():
+            time.sleep(1.0)
+        if core != frontend_pid:  # with an in-process executor the worker is EngineCore itself
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(core, signal.SIGKILL)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="polya-frontend-watch", daemon=True).start()
+    return os.getpid()
+
+
 def _receive_weights_in_worker(worker, group: dict, rank: int) -> int:  # runs inside a vLLM worker process
     """Join the learner's weight-sync group as ``rank``, receive every tensor, reload them."""
     import torch
@@ -57,6 +93,7 @@ class VLLMEngine:
             enable_prefix_caching=True,
         )
         self._engine = AsyncLLM.from_engine_args(args)
+        self._watching = False  # _exit_with_frontend installed in the workers (on the first call)
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(cfg.model)
@@ -114,7 +151,13 @@ class VLLMEngine:
             )
         return completions
 
+    async def _watch_frontend(self) -> None:
+        if not self._watching:
+            self._watching = True
+            await self._engine.collective_rpc(_exit_with_frontend, args=(os.getpid(),))
+
     async def generate(self, prompts: list[str], sampling: Sampling) -> list[list[Completion]]:
+        await self._watch_frontend()
         for p in prompts:
             check_token_limit(self.count_tokens(p), sampling.max_tokens, self.max_model_len)
         return list(await asyncio.gather(*[self._one(p, self._params(sampling, i)) for i, p in enumerate(prompts)]))
@@ -126,6 +169,7 @@ class VLLMEngine:
         return await self._reload(_receive_weights_in_worker, group, rank)
 
     async def _reload(self, fn, *args) -> int:
+        await self._watch_frontend()
         counts = await self._engine.collective_rpc(fn, args=args)
         await self._engine.reset_prefix_cache()  # cached KV was computed with the old weights
         self.weight_version += 1

@@ -100,32 +100,6 @@ def _rollout(config: dict[str, Any], step: int, questions, tok, handle, verifier
     }
 
 
-def _batch(seqs: list[dict], pad_id: int):
-    """Left part prompt, right part response; mask marks response tokens whose logprob is predicted."""
-    import torch
-
-    width = max(len(s["prompt_ids"]) + len(s["ids"]) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(seqs), width), dtype=torch.long)
-    resp = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        full = s["prompt_ids"] + s["ids"]
-        ids[i, : len(full)] = torch.tensor(full)
-        attn[i, : len(full)] = 1
-        resp[i, len(s["prompt_ids"]) : len(full)] = 1
-    adv = torch.tensor([s["adv"] for s in seqs], dtype=torch.float)
-    # position t predicts token t+1: shift the response mask and labels
-    return ids, attn, resp[:, 1:], adv
-
-
-def _logps(model, ids, attn, want_entropy: bool = False):
-    from polya.rl.grpo import entropy, token_logprobs
-
-    logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]
-    lp = token_logprobs(logits, ids[:, 1:])
-    return (lp, entropy(logits)) if want_entropy else (lp, None)
-
-
 def train_loop(config: dict[str, Any]) -> None:
     import asyncio
 
@@ -136,9 +110,10 @@ def train_loop(config: dict[str, Any]) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from polya.data import load_questions
-    from polya.hardware import resolve_precision
+    from polya.hardware import resolve_precision, use_learner_threads
     from polya.rl.deepspeed_config import deepspeed_config
     from polya.rl.grpo import aggregate, grpo_loss
+    from polya.rl.rollout_batch import pack, response_logprobs
     from polya.rl.schedule import warmup_cosine
     from polya.rl.weights import full_state_dict, to_blob
     from polya.serve.launch import broadcast_weights, broadcast_weights_collective
@@ -151,6 +126,8 @@ def train_loop(config: dict[str, Any]) -> None:
     torch.manual_seed(config["seed"] + rank)
     tok = AutoTokenizer.from_pretrained(config["model_path"])
     precision = resolve_precision(g["precision"])  # on this worker's hardware
+    if g["gpusPerWorker"] == 0:
+        use_learner_threads(ctx.get_local_world_size())
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(config["model_path"], dtype=dtype)
     if g["gradientCheckpointing"]:
@@ -215,29 +192,30 @@ def train_loop(config: dict[str, Any]) -> None:
         mine = (mine * math.ceil(per_rank / max(1, len(mine))))[:per_rank] if mine else seqs[:per_rank]
         micro_batches = [mine[i : i + micro] for i in range(0, len(mine), micro)]
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        prepared = [_batch(mb, pad) for mb in micro_batches]
+        prepared = [pack(mb, pad) for mb in micro_batches]
         t1 = time.perf_counter()
         with torch.no_grad():
             # with one inner epoch the data is exactly on-policy: the ratio is 1 and the old logprobs are the
             # current ones (detached in the loss), so the extra forward pass is skipped, as TRL does
-            olds = [_logps(engine.module, ids, attn)[0] if g["mu"] > 1 else None for ids, attn, _, _ in prepared]
-            refs = [_logps(ref, ids, attn)[0] if ref is not None else None for ids, attn, _, _ in prepared]
+            olds = [response_logprobs(engine.module, b)[0] if g["mu"] > 1 else None for b in prepared]
+            refs = [response_logprobs(ref, b)[0] if ref is not None else None for b in prepared]
         t_ref = time.perf_counter() - t1
         t2 = time.perf_counter()
         stats = {"loss": 0.0, "kl": 0.0, "clip_fraction": 0.0, "entropy": 0.0}
         count = 0
         for epoch in range(g["mu"]):
-            for (ids, attn, mask, adv), old, refp in zip(prepared, olds, refs):
-                lp, ent = _logps(engine, ids, attn, want_entropy=epoch == 0)
-                loss, st = grpo_loss(lp, lp.detach() if old is None else old, adv, mask, clip_low=g["clipRatio"], clip_high=config["clip_high"],
-                                     ref_logp=refp, kl_coef=g["klCoef"], aggregation=g["lossAggregation"])
+            for b, old, refp in zip(prepared, olds, refs):
+                lp, ent = response_logprobs(engine, b, want_entropy=epoch == 0)
+                loss, st = grpo_loss(lp, lp.detach() if old is None else old, b.advantages, b.mask,
+                                     clip_low=g["clipRatio"], clip_high=config["clip_high"], ref_logp=refp,
+                                     kl_coef=g["klCoef"], aggregation=g["lossAggregation"])
                 engine.backward(loss)
                 engine.step()
                 stats["loss"] += st.loss
                 stats["kl"] += st.kl
                 stats["clip_fraction"] += st.clip_fraction
                 if ent is not None:
-                    stats["entropy"] += float(aggregate(ent.detach(), mask, "token"))
+                    stats["entropy"] += float(aggregate(ent.detach(), b.mask, "token"))
                 count += 1
         t_learn = time.perf_counter() - t2
         step += 1
