@@ -20,7 +20,7 @@ from polya.engines.base import EngineConfig, Sampling
 from polya.engines.vllm_engine import VLLMEngine
 engine = VLLMEngine(EngineConfig(model=sys.argv[1], kind="vllm", dtype="float32", max_model_len=256))
 asyncio.run(engine.generate(["hi"], Sampling(max_tokens=2)))
-print(" ".join(str(c.pid) for c in psutil.Process().children(recursive=True)), flush=True)
+print("PIDS", *(c.pid for c in psutil.Process().children(recursive=True)), flush=True)
 asyncio.run(asyncio.sleep(600))
 """
 
@@ -30,8 +30,8 @@ def test_engine_processes_die_with_a_killed_frontend(tiny_model):
     proc = subprocess.Popen([sys.executable, "-c", FRONTEND, str(tiny_model)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
     try:
-        line = proc.stdout.readline()
-        pids = [int(p) for p in line.split()]
+        line = next(line for line in proc.stdout if line.startswith("PIDS"))  # vLLM logs to stdout too
+        pids = [int(p) for p in line.split()[1:]]
         names = [psutil.Process(p).name() for p in pids]
         assert any("EngineCore" in n for n in names) and any("Worker" in n for n in names), names
     finally:
