@@ -31,6 +31,11 @@ def build_prompts(model_path: str, n: int) -> list[str]:
 def offline(model_path: str, prompts: list[str], max_tokens: int, repeats: int, dtype: str) -> float:
     from vllm import LLM, SamplingParams
 
+    from polya.hardware import usable_cpus, vllm_cpu_reserved_cores
+
+    reserved = vllm_cpu_reserved_cores(usable_cpus())  # the engine setting the Serve path's VLLMEngine applies
+    if reserved is not None:
+        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(reserved))
     llm = LLM(model=model_path, dtype=dtype, max_model_len=2048, max_num_seqs=64, seed=0, enforce_eager=True,
               enable_prefix_caching=True)
     params = SamplingParams(temperature=1.0, max_tokens=max_tokens, ignore_eos=True, logprobs=0)  # as the stages ask

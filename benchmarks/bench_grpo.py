@@ -8,6 +8,7 @@ correctness + 0.1 for writing \\boxed{}), no KL term. Prints s/step for each and
 
 Per-step time excludes start-up on both sides (engine and model loading): Polya's is the sum of its
 rollout / reference / learn / sync phases from steps.json, TRL's the wall time between step callbacks.
+Both sides sample, so their answers differ in length; the seconds per 1k completion tokens are printed too.
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def polya_grpo(model: str, steps: int, prompts: int, group: int, max_tokens: int
 
 
 def trl_grpo(model_path: str, steps: int, prompts: int, group: int, max_tokens: int, lr: float, out: Path,
-             precision: str) -> list[float]:
+             precision: str) -> tuple[list[float], list[float]]:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -66,6 +67,7 @@ def trl_grpo(model_path: str, steps: int, prompts: int, group: int, max_tokens: 
                 for t, a in zip(texts, answer)]
 
     times: list[float] = []
+    lengths: list[float] = []
 
     class Timer(TrainerCallback):
         def on_step_begin(self, *a, **k):
@@ -73,6 +75,10 @@ def trl_grpo(model_path: str, steps: int, prompts: int, group: int, max_tokens: 
 
         def on_step_end(self, *a, **k):
             times.append(time.perf_counter() - self.t0)
+
+        def on_log(self, args, state, control, logs=None, **k):
+            if logs and "completions/mean_length" in logs:
+                lengths.append(float(logs["completions/mean_length"]))
 
     cfg = GRPOConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=prompts * group,
                      gradient_accumulation_steps=1, num_generations=group, max_completion_length=max_tokens,
@@ -83,7 +89,7 @@ def trl_grpo(model_path: str, steps: int, prompts: int, group: int, max_tokens: 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=cfg, train_dataset=data, callbacks=[Timer()])
     trainer.train()
-    return times
+    return times, lengths
 
 
 def main() -> None:
@@ -107,7 +113,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="polya-bench-grpo-"))
     polya_rows = polya_grpo(args.model, args.steps, args.prompts, args.group, args.max_tokens, args.lr, tmp / "polya", precision)
     polya_s = [r["t_rollout"] + r["t_reference"] + r["t_learn"] + r["t_sync"] for r in polya_rows]
-    trl_s = trl_grpo(path, args.steps, args.prompts, args.group, args.max_tokens, args.lr, tmp / "trl", precision)
+    trl_s, trl_len = trl_grpo(path, args.steps, args.prompts, args.group, args.max_tokens, args.lr, tmp / "trl", precision)
     # the first step of each carries one-off warm-up (compilation, allocator): compare the rest where possible
     p = sum(polya_s[1:]) / max(1, len(polya_s) - 1) if len(polya_s) > 1 else polya_s[0]
     t = sum(trl_s[1:]) / max(1, len(trl_s) - 1) if len(trl_s) > 1 else trl_s[0]
@@ -116,6 +122,12 @@ def main() -> None:
     print(f"polya  s/step: {p:7.2f}   (per step: {', '.join(f'{x:.1f}' for x in polya_s)})")
     print(f"TRL    s/step: {t:7.2f}   (per step: {', '.join(f'{x:.1f}' for x in trl_s)})")
     print(f"ratio TRL/polya = {t / p:.2f}x  (target >= 1.5x)")
+    # sampled answers differ in length between the two runs: the same comparison per generated token
+    n = args.prompts * args.group
+    p_tok = [s / (r["response_len"] * n / 1000) for s, r in zip(polya_s, polya_rows)][1:] or [0.0]
+    t_tok = [s / (m * n / 1000) for s, m in zip(trl_s, trl_len)][1:] or [0.0]
+    pk, tk = sum(p_tok) / len(p_tok), sum(t_tok) / len(t_tok)
+    print(f"per 1k completion tokens: polya {pk:.1f} s, TRL {tk:.1f} s, ratio {tk / pk:.2f}x")
     if args.long_steps:
         rows = polya_grpo(args.model, args.long_steps, args.prompts, args.group, args.max_tokens, args.lr, tmp / "long", precision)
         print(f"polya {args.long_steps}-step run: mean reward step 1 = {rows[0]['reward_mean']:.3f}, "

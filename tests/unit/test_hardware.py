@@ -32,3 +32,8 @@ def test_this_machine_agrees_with_pytorch():
 @pytest.mark.parametrize("cpus, local, threads", [(2, 1, 2), (2, 2, 1), (16, 4, 4), (1, 3, 1), (8, 0, 8)])
 def test_learner_threads_share_the_node(cpus, local, threads):
     assert hardware.learner_threads(cpus, local) == threads
+
+
+def test_vllm_keeps_no_core_for_its_scheduler_on_two_cores():
+    assert hardware.vllm_cpu_reserved_cores(2) == 0 and hardware.vllm_cpu_reserved_cores(1) == 0
+    assert hardware.vllm_cpu_reserved_cores(16) is None  # vLLM's own default (one core) where not measured

