@@ -67,3 +67,14 @@ def vllm_cpu_reserved_cores(cpus: int) -> int | None:
     (4 prompts x n=4 x 128 tokens, eager, fp32), the spin notwithstanding. Only measured there, so larger
     machines keep vLLM's default."""
     return 0 if cpus <= 2 else None
+
+
+def learner_setup(precision: str, gpus_per_worker: float, local_world_size: int):
+    """What a learner worker does first: its precision resolved on this hardware, the matching torch dtype,
+    and, on CPU, its share of the node's cores (`learner_threads`). Returns (precision, dtype)."""
+    import torch
+
+    resolved = resolve_precision(precision)
+    if gpus_per_worker == 0:
+        use_learner_threads(local_world_size)
+    return resolved, torch.bfloat16 if resolved == "bf16" else torch.float32

@@ -93,11 +93,9 @@ class HFEngine:
         return self._load_state(safetensors.torch.load(blob))
 
     def _receive(self, group: dict, rank: int) -> int:
-        from polya.rl.weight_sync import GroupSpec, open_store, receive
+        from polya.rl.weight_sync import receive_group
 
-        spec = GroupSpec.from_dict(group)
-        store = open_store(spec.host, spec.port, master=False, timeout_s=spec.timeout_s)
-        return self._load_state(dict(receive(spec, store, rank, self.model.device)))
+        return self._load_state(dict(receive_group(group, rank, self.model.device)))
 
     def _load_state(self, state: dict) -> int:
         with self._lock:

@@ -60,14 +60,9 @@ def _exit_with_frontend(worker, frontend_pid: int) -> int:  # runs inside a vLLM
 
 def _receive_weights_in_worker(worker, group: dict, rank: int) -> int:  # runs inside a vLLM worker process
     """Join the learner's weight-sync group as ``rank``, receive every tensor, reload them."""
-    import torch
+    from polya.rl.weight_sync import receive_group
 
-    from polya.rl.weight_sync import GroupSpec, open_store, receive
-
-    spec = GroupSpec.from_dict(group)
-    device = torch.device("cuda", torch.cuda.current_device()) if spec.backend == "nccl" else torch.device("cpu")
-    store = open_store(spec.host, spec.port, master=False, timeout_s=spec.timeout_s)
-    items = receive(spec, store, rank, device)
+    items = receive_group(group, rank)
     worker.model_runner.reload_weights(weights_iterator=iter(items))
     return len(items)
 

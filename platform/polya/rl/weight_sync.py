@@ -154,6 +154,16 @@ def receive(spec: GroupSpec, store, rank: int, device: torch.device | str = "cpu
     return out
 
 
+def receive_group(group: dict[str, Any], rank: int, device: torch.device | str = "cpu") -> list[tuple[str, torch.Tensor]]:
+    """What a receiving engine runs: join ``group`` (a `GroupSpec` as plain data) as ``rank`` and return the
+    named tensors; NCCL receives on this process's current GPU."""
+    spec = GroupSpec.from_dict(group)
+    if spec.backend == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    store = open_store(spec.host, spec.port, master=False, timeout_s=spec.timeout_s)
+    return receive(spec, store, rank, device)
+
+
 def claim_rank(spec: GroupSpec, store) -> int | None:
     """A receiver's rank in ``spec``'s group (1, 2, …), or None when the group is already full (a replica
     that started after the learner counted the replicas waits for the next version)."""

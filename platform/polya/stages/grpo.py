@@ -114,7 +114,7 @@ def train_loop(config: dict[str, Any]) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from polya.data import load_questions
-    from polya.hardware import resolve_precision, use_learner_threads
+    from polya.hardware import learner_setup
     from polya.rl.deepspeed_config import deepspeed_config
     from polya.rl.grpo import aggregate, grpo_loss
     from polya.rl.rollout_batch import pack, response_logprobs
@@ -129,10 +129,7 @@ def train_loop(config: dict[str, Any]) -> None:
     g = config["grpo"]
     torch.manual_seed(config["seed"] + rank)
     tok = AutoTokenizer.from_pretrained(config["model_path"])
-    precision = resolve_precision(g["precision"])  # on this worker's hardware
-    if g["gpusPerWorker"] == 0:
-        use_learner_threads(ctx.get_local_world_size())
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    precision, dtype = learner_setup(g["precision"], g["gpusPerWorker"], ctx.get_local_world_size())
     model = AutoModelForCausalLM.from_pretrained(config["model_path"], dtype=dtype)
     if g["gradientCheckpointing"]:
         model.gradient_checkpointing_enable()

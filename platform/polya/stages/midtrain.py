@@ -47,7 +47,7 @@ def train_loop(config: dict[str, Any]) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from polya.hardware import resolve_precision, use_learner_threads
+    from polya.hardware import learner_setup
     from polya.heuristics import render_prompt
     from polya.rl.deepspeed_config import deepspeed_config
     from polya.rl.schedule import warmup_cosine
@@ -58,10 +58,7 @@ def train_loop(config: dict[str, Any]) -> None:
     m = config["train"]
     torch.manual_seed(config["seed"])
     tok = AutoTokenizer.from_pretrained(config["model_path"])
-    precision = resolve_precision(m["precision"])  # on this worker's hardware
-    if m["gpusPerWorker"] == 0:
-        use_learner_threads(ctx.get_local_world_size())
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    precision, dtype = learner_setup(m["precision"], m["gpusPerWorker"], ctx.get_local_world_size())
     model = AutoModelForCausalLM.from_pretrained(config["model_path"], dtype=dtype)
     if m["gradientCheckpointing"]:
         model.gradient_checkpointing_enable()
