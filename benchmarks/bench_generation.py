@@ -38,7 +38,7 @@ def offline(model_path: str, prompts: list[str], max_tokens: int, repeats: int, 
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(reserved))
     llm = LLM(model=model_path, dtype=dtype, max_model_len=2048, max_num_seqs=64, seed=0, enforce_eager=True,
               enable_prefix_caching=True)
-    params = SamplingParams(temperature=1.0, max_tokens=max_tokens, ignore_eos=True, logprobs=0)  # as the stages ask
+    params = SamplingParams(temperature=1.0, max_tokens=max_tokens, ignore_eos=True)  # as the stages ask: no logprobs
     llm.generate(prompts[:4], params, use_tqdm=False)  # warm-up
     best = 0.0
     for _ in range(repeats):
@@ -62,7 +62,7 @@ def through_serve(model_path: str, prompts: list[str], max_tokens: int, repeats:
     cfg = EngineConfig(model=model_path, kind="vllm", dtype=dtype, max_model_len=2048, max_num_seqs=64,
                        enforce_eager=True)
     handle = start_rollout(cfg.__dict__, name="bench", route_prefix="/bench")
-    sampling = Sampling(temperature=1.0, max_tokens=max_tokens, ignore_eos=True, logprobs=True)
+    sampling = Sampling(temperature=1.0, max_tokens=max_tokens, ignore_eos=True, logprobs=False)
     asyncio.run(generate_all(handle, prompts[:4], sampling))  # warm-up
     best = 0.0
     for _ in range(repeats):
@@ -78,7 +78,7 @@ def main() -> None:
     ap.add_argument("--model", default="builtin:smollm2-135m-instruct")
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dtype", default="auto", help="auto: bfloat16 where this machine computes it natively")
     args = ap.parse_args()
     from polya.models import resolve

@@ -76,7 +76,7 @@ def run(ctx: StageContext) -> StageResult:
     model_path, model_id = model_ref(ctx)
     tok = AutoTokenizer.from_pretrained(model_path)
     sampling = Sampling(temperature=ev.temperature, top_p=ev.topP, max_tokens=ev.maxTokens, n=ev.samples,
-                        seed=spec.seed + 1)
+                        seed=spec.seed + 1, logprobs=False)  # unused: ~15% faster
     block = spec.grpo.rollout.model_copy(update={"replicas": ev.replicas, "gpusPerReplica": ev.gpusPerReplica})
     cfg = engine_config(ctx.run, model_path, block, served_name=model_id)
 

@@ -58,7 +58,7 @@ def run(ctx: StageContext) -> StageResult:
     jobs = [(q, h) for q in questions for h in heuristics]
     prompts = [render_prompt(tok, q.question, h, few_shot=spec.heuristics.fewShot) for q, h in jobs]
     sampling = Sampling(temperature=gen.temperature, top_p=gen.topP, max_tokens=gen.maxTokens,
-                        n=gen.samplesPerHeuristic, seed=spec.seed)
+                        n=gen.samplesPerHeuristic, seed=spec.seed, logprobs=False)  # unused: ~15% faster
     cfg = engine_config(ctx.run, model_path, gen, served_name=spec.model.name)
     with rollout_service(ctx, cfg, gen.replicas, gen.gpusPerReplica, name=f"selfgen-{ctx.arm}") as handle:
         groups, wall = run_async(generate_all(handle, prompts, sampling, desc="self-generation",
