@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from polya.rl.grpo import (aggregate, entropy, group_advantages, grpo_loss, k3_kl, token_logprobs,
-                           zero_signal_groups)
+from polya.rl.grpo import (aggregate, entropy, group_advantages, grpo_loss, k3_kl, logprobs_and_entropy,
+                           token_logprobs, zero_signal_groups)
 
 
 def test_advantages_scaled_and_unscaled():
@@ -83,3 +83,9 @@ def test_logprobs_and_entropy():
     labels = torch.tensor([[1, 0]])
     assert token_logprobs(logits, labels)[0].tolist() == pytest.approx([math.log(0.5), math.log(0.75)])
     assert entropy(logits)[0, 0].item() == pytest.approx(math.log(2))
+    # one log-softmax for both: the same numbers, the entropy outside the graph
+    lp, ent = logprobs_and_entropy(logits.requires_grad_(), labels)
+    assert lp[0].tolist() == pytest.approx([math.log(0.5), math.log(0.75)])
+    p = torch.tensor([0.75, 0.25])
+    assert ent[0].tolist() == pytest.approx([math.log(2), float(-(p * p.log()).sum())])
+    assert lp.requires_grad and not ent.requires_grad

@@ -31,16 +31,35 @@ def zero_signal_groups(rewards: torch.Tensor) -> torch.Tensor:
     return (rewards.max(dim=1).values - rewards.min(dim=1).values).abs() < 1e-12
 
 
+def _log_softmax(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    return torch.log_softmax(logits.float() / temperature, dim=-1)
+
+
+def _gather(logp: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+
+
+def _entropy(logp: torch.Tensor) -> torch.Tensor:
+    return -(logp.exp() * logp).sum(-1)
+
+
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """log p(label_t) for every position: logits (B, T, V), labels (B, T) -> (B, T)."""
-    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
-    return logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    return _gather(_log_softmax(logits, temperature), labels)
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
     """Per-position entropy of the softmax, (B, T, V) -> (B, T)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    return -(logp.exp() * logp).sum(-1)
+    return _entropy(_log_softmax(logits))
+
+
+def logprobs_and_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`token_logprobs` and `entropy` from one log-softmax over the vocabulary; the entropy is a statistic,
+    computed outside the autograd graph (no (B, T, V) intermediates kept for a backward that never comes)."""
+    logp = _log_softmax(logits)
+    with torch.no_grad():
+        ent = _entropy(logp)
+    return _gather(logp, labels), ent
 
 
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
@@ -99,4 +118,4 @@ def grpo_loss(
         is_clipped = ((ratio < 1 - clip_low) & (adv < 0)) | ((ratio > 1 + clip_high) & (adv > 0))
         clip_frac = is_clipped[m].float().mean().item() if m.any() else 0.0
         ratio_mean = ratio[m].mean().item() if m.any() else 1.0
-    return loss, LossStats(loss.item(), policy.item(), float(kl_mean), clip_frac, ratio_mean)
+    return loss, LossStats(loss.detach().item(), policy.detach().item(), float(kl_mean.detach()), clip_frac, ratio_mean)

@@ -1,11 +1,19 @@
 """Rollouts as learner tensors, and the policy's logprobs of their response tokens.
 
 Layout (as TRL's GRPOTrainer): prompts left-padded to a common length P, responses right-padded to a
-common length C, so every response starts at column P. Then the model's vocabulary head only runs on
-the last C + 1 positions (``logits_to_keep``): on the demo's few-shot prompts about two thirds of every
-sequence is prompt, and the head plus its log-softmax over SmolLM2's 49,152 tokens was computed there
-for nothing. Position ids count real tokens only, so a left-padded row sees the positions it had in the
-rollout engine.
+common length C, so every response starts at column P. The vocabulary head only runs on response
+positions (``logits_to_keep``): on the demo's few-shot prompts about two thirds of every sequence is
+prompt, and the head plus its log-softmax over SmolLM2's 49,152 tokens was computed there for nothing.
+Position ids count real tokens only, so a left-padded row sees the positions it had in the rollout engine.
+
+**Shared prompts.** A GRPO group is ``groupSize`` completions of one prompt, so a micro-batch holds the
+same prompt several times. `pack` keeps each distinct prompt once (``prompt_ids``, with ``owner`` mapping
+every sequence to its prompt row), and `response_logprobs` runs the model over the distinct prompts
+once, copies their key/value cache to the sequences that share them, and runs only the response tokens
+on top: the same logits as the full sequences (gradients flow back through the shared cache), at
+``U·P + B·C`` instead of ``B·(P + C)`` token positions — on the demo's 4-sample groups with ~250-token
+prompts and ~100-token answers, 46 % of the learner's work. Where no prompt repeats, or the model
+recomputes activations (gradient checkpointing keeps no cache), the full sequences are run instead.
 """
 from __future__ import annotations
 
@@ -16,9 +24,10 @@ import torch
 
 @dataclass
 class RolloutBatch:
-    ids: torch.Tensor  # (B, P + C) token ids
-    attention: torch.Tensor  # (B, P + C) 1 on real tokens
-    positions: torch.Tensor  # (B, P + C) position of each token within its own sequence
+    prompt_ids: torch.Tensor  # (U, P) distinct prompts, left-padded
+    prompt_attention: torch.Tensor  # (U, P) 1 on real prompt tokens
+    owner: torch.Tensor  # (B,) the prompt row of every sequence
+    response_ids: torch.Tensor  # (B, C) responses, right-padded
     mask: torch.Tensor  # (B, C) 1 on response tokens
     advantages: torch.Tensor  # (B,)
 
@@ -26,33 +35,84 @@ class RolloutBatch:
     def response_width(self) -> int:
         return self.mask.shape[1]
 
+    @property
+    def shares_prompts(self) -> bool:
+        return self.prompt_ids.shape[0] < self.owner.shape[0]
+
+    # the full-sequence view: every sequence with its own copy of its prompt
+    @property
+    def ids(self) -> torch.Tensor:  # (B, P + C)
+        return torch.cat([self.prompt_ids[self.owner], self.response_ids], dim=1)
+
+    @property
+    def attention(self) -> torch.Tensor:  # (B, P + C)
+        return torch.cat([self.prompt_attention[self.owner], self.mask], dim=1)
+
+    @property
+    def positions(self) -> torch.Tensor:  # (B, P + C)
+        return _positions(self.attention)
+
+
+def _positions(attention: torch.Tensor) -> torch.Tensor:
+    return (attention.cumsum(-1) - 1).clamp(min=0)
+
 
 def pack(seqs: list[dict], pad_id: int) -> RolloutBatch:
     """``seqs``: dicts with ``prompt_ids``, ``ids`` (the response) and ``adv``."""
     if not seqs:
         raise ValueError("no sequences to pack")
-    p_width = max(len(s["prompt_ids"]) for s in seqs)
+    rows: dict[tuple[int, ...], int] = {}
+    owner = [rows.setdefault(tuple(s["prompt_ids"]), len(rows)) for s in seqs]
+    prompts = list(rows)
+    p_width = max(len(p) for p in prompts)
     c_width = max(max(len(s["ids"]) for s in seqs), 1)
-    ids = torch.full((len(seqs), p_width + c_width), pad_id, dtype=torch.long)
-    attention = torch.zeros_like(ids)
+    prompt_ids = torch.full((len(prompts), p_width), pad_id, dtype=torch.long)
+    prompt_attention = torch.zeros_like(prompt_ids)
+    for i, p in enumerate(prompts):
+        if p:
+            prompt_ids[i, p_width - len(p) :] = torch.tensor(p, dtype=torch.long)
+            prompt_attention[i, p_width - len(p) :] = 1
+    response_ids = torch.full((len(seqs), c_width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), c_width), dtype=torch.long)
     for i, s in enumerate(seqs):
-        prompt, response = s["prompt_ids"], s["ids"]
-        ids[i, p_width - len(prompt) : p_width] = torch.tensor(prompt, dtype=torch.long)
-        ids[i, p_width : p_width + len(response)] = torch.tensor(response, dtype=torch.long)
-        attention[i, p_width - len(prompt) : p_width + len(response)] = 1
-        mask[i, : len(response)] = 1
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        response_ids[i, : len(s["ids"])] = torch.tensor(s["ids"], dtype=torch.long)
+        mask[i, : len(s["ids"])] = 1
     advantages = torch.tensor([float(s["adv"]) for s in seqs], dtype=torch.float)
-    return RolloutBatch(ids, attention, positions, mask, advantages)
+    return RolloutBatch(prompt_ids, prompt_attention, torch.tensor(owner, dtype=torch.long), response_ids, mask,
+                        advantages)
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)  # a DeepSpeed engine wraps the Hugging Face model
+
+
+def response_logits(model, batch: RolloutBatch) -> torch.Tensor:
+    """(B, C, V): the logits that predict each response token (position t of a response predicts token t)."""
+    width = batch.response_width
+    if not batch.shares_prompts or getattr(_unwrap(model), "is_gradient_checkpointing", False):
+        return model(input_ids=batch.ids, attention_mask=batch.attention, position_ids=batch.positions,
+                     logits_to_keep=width + 1).logits[:, :-1]
+    # the distinct prompts once; their last position predicts each response's first token
+    head = model(input_ids=batch.prompt_ids, attention_mask=batch.prompt_attention,
+                 position_ids=_positions(batch.prompt_attention), use_cache=True, logits_to_keep=1)
+    first = head.logits[batch.owner]
+    if width == 1:
+        return first
+    cache = head.past_key_values
+    cache.batch_select_indices(batch.owner)  # every sequence gets its prompt's keys and values (a gather)
+    attention = batch.attention
+    positions = _positions(attention)[:, -width:]
+    # the last response position predicts nothing: feed the first C - 1 response tokens
+    tail = model(input_ids=batch.response_ids[:, :-1], attention_mask=attention[:, :-1],
+                 position_ids=positions[:, :-1], past_key_values=cache, use_cache=False).logits
+    return torch.cat([first, tail], dim=1)
 
 
 def response_logprobs(model, batch: RolloutBatch, want_entropy: bool = False):
     """(logprobs (B, C), entropy (B, C) or None) of the response tokens under ``model``."""
-    from polya.rl.grpo import entropy, token_logprobs
+    from polya.rl.grpo import logprobs_and_entropy, token_logprobs
 
-    width = batch.response_width
-    logits = model(input_ids=batch.ids, attention_mask=batch.attention, position_ids=batch.positions,
-                   logits_to_keep=width + 1).logits[:, :-1]  # position t predicts token t + 1
-    logp = token_logprobs(logits, batch.ids[:, -width:])
-    return logp, (entropy(logits) if want_entropy else None)
+    logits = response_logits(model, batch)
+    if want_entropy:
+        return logprobs_and_entropy(logits, batch.response_ids)
+    return token_logprobs(logits, batch.response_ids), None

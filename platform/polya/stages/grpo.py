@@ -191,7 +191,8 @@ def train_loop(config: dict[str, Any]) -> None:
             rows.append({"step": step, "skipped": 1.0, "zero_signal_groups": roll["zero_groups"]})
             continue
         seqs = roll["seqs"]
-        mine = seqs[rank::world]
+        # contiguous shards keep a group's completions together: each micro-batch runs a shared prompt once
+        mine = seqs[rank * per_rank : (rank + 1) * per_rank]
         mine = (mine * math.ceil(per_rank / max(1, len(mine))))[:per_rank] if mine else seqs[:per_rank]
         micro_batches = [mine[i : i + micro] for i in range(0, len(mine), micro)]
         pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
