@@ -309,7 +309,8 @@ class GRPOSpec(LearnerSpec):
         default="collective",
         description="How each step's weights reach the rollout replicas. collective: learner rank 0 broadcasts "
         "over a process group with the vLLM workers (NCCL on GPUs, gloo on CPU; 6x faster than objectStore even "
-        "on CPU); objectStore: safetensors bytes through Ray's object store (no direct learner-replica network).",
+        "on CPU), a replica on the learner's own GPU maps them by CUDA IPC; objectStore: safetensors bytes through "
+        "Ray's object store (no direct learner-replica network).",
     )
 
     @property

@@ -52,6 +52,20 @@ def test_group_spec_crosses_as_plain_data():
     assert back == spec and back.prefix == "v7"
 
 
+def test_a_receiver_on_the_learners_gpu_takes_ipc_the_rest_the_group():
+    nccl = ws.GroupSpec("10.0.0.1", 1, 4, 2, "nccl", source_device="GPU-aaaa")
+    assert ws.route_for(nccl, "GPU-aaaa") == "ipc"  # NCCL refuses two ranks on one device
+    assert ws.route_for(nccl, "GPU-bbbb") == "group"
+    assert ws.route_for(nccl, None) == "group"
+    # gloo (CPU learner) and a learner whose GPU is unknown: everyone takes the broadcast
+    assert ws.route_for(ws.GroupSpec("h", 1, 4, 2, "gloo"), None) == "group"
+    assert ws.route_for(ws.GroupSpec("h", 1, 4, 2, "nccl"), "GPU-aaaa") == "group"
+    # dense group ranks for the broadcast members, in member order; rank 0 is the learner
+    assert ws.assign_ranks({1: "group", 2: "ipc", 3: "group"}) == {1: 1, 3: 2}
+    assert ws.assign_ranks({1: "ipc", 2: "ipc"}) == {}
+    assert list(nccl.members) == [1, 2, 3]
+
+
 def _receiver(port: int, spec: dict, out) -> None:
     import safetensors.torch
 
@@ -95,10 +109,10 @@ def test_receiver_error_reaches_the_learner():
     spec = ws.GroupSpec("127.0.0.1", store.port, 3, 4, "gloo", timeout_s=5)
     ws.report(store, spec, 1)
     ws.report(store, spec, 2, error="replica ab12: ValueError: unexpected tensors ['x']")
-    with pytest.raises(RuntimeError, match=r"weights v4: receiver rank 2 failed: replica ab12: ValueError"):
+    with pytest.raises(RuntimeError, match=r"weights v4: receiver 2 failed: replica ab12: ValueError"):
         ws.wait_loaded(store, spec)
     quiet = ws.GroupSpec("127.0.0.1", store.port, 2, 5, "gloo", timeout_s=0.2)
-    with pytest.raises(TimeoutError, match=r"ranks \[1\] did not report"):
+    with pytest.raises(TimeoutError, match=r"receivers \[1\] did not report"):
         ws.wait_loaded(store, quiet)
 
 

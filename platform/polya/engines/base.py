@@ -5,7 +5,7 @@ An engine is asynchronous: ``await engine.generate(prompts, sampling)`` returns,
 reason; ``await engine.update_weights(blob)`` loads new weights (safetensors bytes of a state dict in
 Hugging Face names) so the next generate samples from the updated policy;
 ``await engine.receive_weights(group, rank)`` does the same with weights broadcast by a learner over a
-process group (`polya.rl.weight_sync`: NCCL on GPUs, gloo on CPU).
+process group (`polya.rl.weight_sync`: NCCL on GPUs, CUDA IPC on the learner's own GPU, gloo on CPU).
 """
 from __future__ import annotations
 

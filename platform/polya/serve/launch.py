@@ -130,7 +130,8 @@ def running_replicas(app_name: str) -> int:
 async def broadcast_weights_collective(handle, app_name: str, state: dict, version: int, *, host: str | None = None,
                                        bucket_mb: float | None = None, timeout_s: float = 300) -> int:
     """Send weights ``version`` to every running replica over a process group (`polya.rl.weight_sync`):
-    NCCL when ``state`` lives on a GPU, gloo on CPU. Returns how many replicas loaded them.
+    NCCL when ``state`` lives on a GPU (CUDA IPC for a replica on that same GPU), gloo on CPU. Returns how
+    many replicas loaded them.
 
     Tensors go in their own dtype (the engine casts on load). Serve routes each join call to one replica, so the call
     is repeated until every replica has claimed a rank; then rank 0 (this process) broadcasts."""
@@ -146,9 +147,10 @@ async def broadcast_weights_collective(handle, app_name: str, state: dict, versi
         raise RuntimeError(f"rollout app {app_name!r} has no running replica to send weights to")
     metas, buckets = ws.plan(state, bucket_mb or ws.DEFAULT_BUCKET_MB)
     store = await asyncio.to_thread(ws.open_store, host, 0, True, timeout_s)
+    device = next(iter(state.values())).device
     spec = ws.GroupSpec(host=host, port=store.port, world=1 + replicas, version=version,
-                        backend=ws.backend_for(next(iter(state.values())).device), tensors=metas, buckets=buckets,
-                        timeout_s=timeout_s)
+                        backend=ws.backend_for(device), tensors=metas, buckets=buckets, timeout_s=timeout_s,
+                        source_device=ws.device_uuid(device))
     deadline = time.monotonic() + timeout_s
     joined: set[str] = set()
     while len(joined) < replicas:
@@ -157,8 +159,9 @@ async def broadcast_weights_collective(handle, app_name: str, state: dict, versi
         res = await call_with_retry(handle.join_weight_group, spec.to_dict())
         if res["rank"] is not None:
             joined.add(res["replica"])
-    await asyncio.to_thread(ws.send, spec, store, state)
+    shared = await asyncio.to_thread(ws.send, spec, store, state)
     await asyncio.to_thread(ws.wait_loaded, store, spec)
+    del shared  # CUDA IPC receivers have loaded from these buffers: now they may go
     return replicas
 
 

@@ -47,7 +47,14 @@ def engine_config(run: PolyaRun, model_path: str, block: RolloutSpec, served_nam
         seed=run.spec.seed,
         served_name=served_name or model_path,
         enforce_eager=block.gpusPerReplica == 0,
+        gpu_memory_utilization=gpu_memory_share(block.gpusPerReplica),
     )
+
+
+def gpu_memory_share(gpus_per_replica: float, full: float = 0.85) -> float:
+    """vLLM's ``gpu_memory_utilization`` for a replica holding ``gpus_per_replica`` of a GPU: a replica on half
+    a card (a one-GPU box whose learner takes the other half) may take half of what a whole card allows."""
+    return full * min(1.0, gpus_per_replica) if gpus_per_replica > 0 else full
 
 
 @contextlib.contextmanager

@@ -9,7 +9,8 @@ normalisation per `scaleRewards`). The batch is broadcast to all ranks; each ran
 reference logprobs for its shard, runs `mu` epochs of the clipped surrogate (+ k3 KL when `klCoef` > 0;
 `klCoef: 0` loads no reference model) and DeepSpeed steps once per epoch. Then the full weights go to
 every rollout replica before the next step: by default rank 0 broadcasts them over a process group that
-the vLLM workers join (`polya.rl.weight_sync`: NCCL on GPUs, gloo on CPU); ``weightSync: objectStore``
+the vLLM workers join (`polya.rl.weight_sync`: NCCL on GPUs, CUDA IPC for a replica on the learner's own
+GPU, gloo on CPU); ``weightSync: objectStore``
 sends safetensors bytes through Ray's object store instead.
 
 Checkpoints (model, optimizer, scheduler, step, RNG) every `checkpointEvery` steps under
