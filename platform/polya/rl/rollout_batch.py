@@ -11,8 +11,9 @@ same prompt several times. `pack` keeps each distinct prompt once (``prompt_ids`
 every sequence to its prompt row), and `response_logprobs` runs the model over the distinct prompts
 once, copies their key/value cache to the sequences that share them, and runs only the response tokens
 on top: the same logits as the full sequences (gradients flow back through the shared cache), at
-``U·P + B·C`` instead of ``B·(P + C)`` token positions — on the demo's 4-sample groups with ~250-token
-prompts and ~100-token answers, 46 % of the learner's work. Where no prompt repeats, or the model
+``U·P + B·C`` instead of ``B·(P + C)`` token positions — on the demo's 4-sample groups with ~185-token
+prompts and ~85-token answers, half of them (fwd + bwd of 16 completions on SmolLM2 bf16, 2 CPU cores:
+9.9 s instead of 14.0). Where no prompt repeats, or the model
 recomputes activations (gradient checkpointing keeps no cache), the full sequences are run instead.
 """
 from __future__ import annotations
