@@ -223,7 +223,7 @@ def part_learner_bf16() -> str:
     losses = []
     t0 = time.perf_counter()
     for b in batches:
-        b = type(b)(**{k: v.cuda() for k, v in b.__dict__.items()})
+        b = b.to("cuda")
         with torch.no_grad():
             refp = response_logprobs(ref, b)[0]
         lp, ent = response_logprobs(engine, b, want_entropy=True)
@@ -273,11 +273,8 @@ def part_shared_prompt(shape: str = "smollm2-135m", groups: int = 8, group: int 
 
     model = _tiny_llama(shape).to(torch.bfloat16).cuda().train()
     b = pack(_groups(groups, group, prompt, answer, SHAPES[shape][3]), 0)
-    b = type(b)(**{k: v.cuda() for k, v in b.__dict__.items()})
-    import dataclasses
-
-    full = dataclasses.replace(b, prompt_ids=b.prompt_ids[b.owner], prompt_attention=b.prompt_attention[b.owner],
-                               owner=torch.arange(b.owner.numel(), device="cuda"))
+    b = b.to("cuda")
+    full = b.unshared()
 
     def step(batch) -> tuple[float, torch.Tensor]:
         model.zero_grad(set_to_none=True)

@@ -65,15 +65,9 @@ def test_shared_prompts_are_stored_once():
     # the full view is what the unshared layout was
     assert b.ids.tolist()[1] == [0, 0, 20, 21, 22, 0, 0, 0]
     assert b.positions.tolist()[1] == [0, 0, 0, 1, 2, 2, 2, 2]
-
-
-def _full(batch):
-    """The same batch with every prompt its own row: response_logits takes the full-sequence path."""
-    import dataclasses
-
-    return dataclasses.replace(batch, prompt_ids=batch.prompt_ids[batch.owner],
-                               prompt_attention=batch.prompt_attention[batch.owner],
-                               owner=torch.arange(batch.owner.numel()))
+    full = b.unshared()
+    assert not full.shares_prompts and full.owner.tolist() == list(range(7))
+    assert torch.equal(full.ids, b.ids) and torch.equal(full.attention, b.attention)
 
 
 def test_shared_prompt_path_equals_full_sequences_in_values_and_gradients(tiny_model):
@@ -82,7 +76,7 @@ def test_shared_prompt_path_equals_full_sequences_in_values_and_gradients(tiny_m
     from polya.rl.grpo import grpo_loss
 
     shared = pack(GROUPS, pad_id=0)
-    full = _full(shared)
+    full = shared.unshared()
     assert shared.shares_prompts and not full.shares_prompts
     grads, values = [], []
     for batch in (shared, full):
@@ -110,5 +104,5 @@ def test_one_token_responses_need_only_the_prompt_pass(tiny_model):
     b = pack(seqs, pad_id=0)
     with torch.no_grad():
         got = response_logprobs(model, b)[0]
-        want = response_logprobs(model, _full(b))[0]
+        want = response_logprobs(model, b.unshared())[0]
     assert got.shape == (3, 1) and torch.allclose(got, want, atol=1e-5)

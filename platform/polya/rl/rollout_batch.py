@@ -18,6 +18,7 @@ recomputes activations (gradient checkpointing keeps no cache), the full sequenc
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -52,6 +53,16 @@ class RolloutBatch:
     @property
     def positions(self) -> torch.Tensor:  # (B, P + C)
         return _positions(self.attention)
+
+    def unshared(self) -> "RolloutBatch":
+        """The same batch with every sequence its own prompt row (`response_logits` then runs the full
+        sequences): the reference the shared path is checked and timed against."""
+        return dataclasses.replace(self, prompt_ids=self.prompt_ids[self.owner],
+                                   prompt_attention=self.prompt_attention[self.owner],
+                                   owner=torch.arange(self.owner.numel(), device=self.owner.device))
+
+    def to(self, device: torch.device | str) -> "RolloutBatch":
+        return RolloutBatch(**{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)})
 
 
 def _positions(attention: torch.Tensor) -> torch.Tensor:
