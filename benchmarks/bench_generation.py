@@ -61,7 +61,7 @@ def through_serve(model_path: str, prompts: list[str], max_tokens: int, repeats:
     ensure_ray(num_cpus=2)
     cfg = EngineConfig(model=model_path, kind="vllm", dtype=dtype, max_model_len=2048, max_num_seqs=64,
                        enforce_eager=True)
-    handle = start_rollout(cfg.__dict__, name="bench", route_prefix="/bench")
+    handle = start_rollout(cfg, name="bench", route_prefix="/bench")
     sampling = Sampling(temperature=1.0, max_tokens=max_tokens, ignore_eos=True, logprobs=False)
     asyncio.run(generate_all(handle, prompts[:4], sampling))  # warm-up
     best = 0.0

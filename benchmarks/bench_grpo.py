@@ -45,9 +45,9 @@ def polya_grpo(model: str, steps: int, prompts: int, group: int, max_tokens: int
                           "rollout": {"maxTokens": max_tokens, "temperature": 1.0}},
                  "evaluation": {"samples": 1, "k": [1], "benchmarks": [{"name": "a", "source": "builtin:arithmetic"}]}},
     })
-    ctx = StageContext(run=run, store=ArtifactStore(str(root)), arm="vanilla", progress=False)
+    ctx = StageContext(run=run, store=ArtifactStore(str(root)), stage="grpo", arm="vanilla", progress=False)
     grpo.run(ctx)
-    return json.loads((ctx.store.artifact("grpo", grpo.key(ctx)).local / "steps.json").read_text())
+    return json.loads((ctx.artifact().local / "steps.json").read_text())
 
 
 def trl_grpo(model_path: str, steps: int, prompts: int, group: int, max_tokens: int, lr: float, out: Path,

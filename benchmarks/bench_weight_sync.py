@@ -35,7 +35,8 @@ def main() -> None:
     from polya.engines.base import EngineConfig
     from polya.models import resolve
     from polya.rl.weights import full_state_dict, to_blob
-    from polya.serve.launch import broadcast_weights, broadcast_weights_collective, start_rollout
+    from polya.rl.publisher import broadcast_weights, broadcast_weights_collective
+    from polya.serve.launch import start_rollout
 
     from polya.hardware import resolve_dtype
 
@@ -44,7 +45,7 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     learner = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     cfg = EngineConfig(model=path, kind="vllm", dtype=args.dtype, max_model_len=1024, enforce_eager=True)
-    handle = start_rollout(cfg.__dict__, replicas=args.replicas, name="bench-sync", route_prefix="/bench-sync")
+    handle = start_rollout(cfg, replicas=args.replicas, name="bench-sync", route_prefix="/bench-sync")
     state = full_state_dict(learner, dtype=dtype)
     mb = sum(t.numel() * t.element_size() for t in state.values()) / 2**20
     version = 0

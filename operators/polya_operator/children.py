@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from polya.recipe import STAGES, Stage
 from polya.spec import PolyaRunSpec
 
 RUN_GROUP, RUN_VERSION, RUN_PLURAL, RUN_KIND = "polya.dev", "v1alpha1", "polyaruns", "PolyaRun"
@@ -72,24 +73,6 @@ def spec_configmap(run: dict[str, Any]) -> dict[str, Any]:
             "data": {"run.yaml": yaml.safe_dump(manifest, sort_keys=False)}}
 
 
-def stage_gpus(spec: PolyaRunSpec, stage: str) -> tuple[int, float]:
-    """(number of GPU actors, GPUs per actor) a stage needs; (0, 0) on CPU."""
-    if stage == "selfgen":
-        return spec.selfGeneration.replicas, spec.selfGeneration.gpusPerReplica
-    if stage == "filter":
-        rm = spec.filtering.rewardModel
-        return rm.replicas, rm.gpusPerReplica
-    if stage == "midtrain":
-        return spec.midTraining.workers, spec.midTraining.gpusPerWorker
-    if stage == "grpo":
-        g = spec.grpo
-        # learners and rollout replicas run side by side; one worker pod per actor, sized for the larger
-        return g.workers + g.rollout.replicas, max(g.gpusPerWorker, g.rollout.gpusPerReplica)
-    if stage == "evaluate":
-        return spec.evaluation.replicas, spec.evaluation.gpusPerReplica
-    raise KeyError(stage)
-
-
 def _container(spec: PolyaRunSpec, defaults: Defaults, cpu: str, memory: str, gpus: int) -> dict[str, Any]:
     limits: dict[str, Any] = {"cpu": cpu, "memory": memory}
     if gpus:
@@ -119,8 +102,11 @@ def _pod_template(run: dict[str, Any], spec: PolyaRunSpec, defaults: Defaults, c
     return {"spec": pod}
 
 
-def ray_cluster_spec(run: dict[str, Any], spec: PolyaRunSpec, stage: str, defaults: Defaults) -> dict[str, Any]:
-    actors, per_actor = stage_gpus(spec, stage)
+def ray_cluster_spec(run: dict[str, Any], spec: PolyaRunSpec, stage: Stage | str,
+                     defaults: Defaults) -> dict[str, Any]:
+    """A Ray cluster sized for ``stage``: one worker pod per actor the stage table says it needs (GPU
+    pods rounded up to whole GPUs), or one CPU worker when the stage needs no GPU."""
+    actors, per_actor = STAGES[Stage(stage)].accelerators(spec)
     gpus_per_pod = math.ceil(per_actor) if per_actor else 0
     workers = actors if gpus_per_pod else 1
     cpu = f"{spec.cluster.cpusPerWorker:g}"
@@ -171,5 +157,5 @@ def rayservice(run: dict[str, Any], spec: PolyaRunSpec, defaults: Defaults) -> d
         "kind": "RayService",
         "metadata": _meta(run, name),
         "spec": {"serveConfigV2": yaml.safe_dump(serve_config, sort_keys=False),
-                 "rayClusterConfig": ray_cluster_spec(run, spec, "evaluate", defaults)},
+                 "rayClusterConfig": ray_cluster_spec(run, spec, Stage.EVALUATE, defaults)},
     }

@@ -3,7 +3,7 @@ and its children from the API server, calls the pure `reconcile`, and writes bac
 
     polya-operator [--namespace NS | --all-namespaces] [--metrics-port 8080] [--image IMG]
 
-Never imports torch: only `polya.spec`, `polya.pipeline` and `polya.validation` from the data plane.
+Never imports torch: only `polya.spec`, `polya.recipe` and `polya.validation` from the data plane.
 """
 from __future__ import annotations
 
@@ -18,6 +18,9 @@ from typing import Any
 import kopf
 import kubernetes
 from kubernetes.client.rest import ApiException
+
+from polya.recipe import PlannedStage
+from polya.spec import TERMINAL_RUN_PHASES, StageStatus
 
 from polya_operator import metrics as M
 from polya_operator.children import (LABEL_RUN, RAY_GROUP, RAY_VERSION, RUN_GROUP, RUN_PLURAL, RUN_VERSION, Defaults,
@@ -151,25 +154,28 @@ def reconcile_one(ns: str, name: str) -> float | None:
             _create(custom, core, ns, obj)
         for kind, child in decision.delete:
             _delete(custom, ns, kind, child)
-        if decision.status != (run.get("status") or {}):
+        old = run.get("status") or {}
+        if decision.status != old:
+            # a JSON merge patch: a field the decision no longer has (a cleared currentStage) is sent as null
+            patch = {**{k: None for k in old if k not in decision.status}, **decision.status}
             custom.patch_namespaced_custom_object_status(RUN_GROUP, RUN_VERSION, ns, RUN_PLURAL, name,
-                                                         {"status": decision.status})
+                                                         {"status": patch})
         for ev in decision.events:
             _event(core, run, ev.type, ev.reason, ev.message)
-            if ev.reason == "StageSucceeded":
-                _observe_duration(decision.status, ev.message.split(" ", 1)[0])
+        _observe_duration(decision.finished)
         stages = decision.status.get("stages") or []
         M.STAGE_PROGRESS.labels(ns, name).set(sum(s["phase"] == "Succeeded" for s in stages) / max(1, len(stages)))
         M.record_phase(ns, name, decision.status.get("phase"))
         return decision.requeue_after
 
 
-def _observe_duration(status: dict[str, Any], key: str) -> None:
-    for st in status.get("stages") or []:
-        if st["name"] == key and st.get("startTime") and st.get("finishTime"):
-            fmt = "%Y-%m-%dT%H:%M:%SZ"
-            secs = (datetime.strptime(st["finishTime"], fmt) - datetime.strptime(st["startTime"], fmt)).total_seconds()
-            M.STAGE_DURATION.labels(key.split("/", 1)[1]).observe(secs)
+def _observe_duration(finished: list[StageStatus]) -> None:
+    """Wall time of the stages that succeeded in this pass, labelled by stage (the arm left out)."""
+    fmt = "%Y-%m-%dT%H:%M:%SZ"
+    for st in finished:
+        if st.startTime and st.finishTime:
+            secs = (datetime.strptime(st.finishTime, fmt) - datetime.strptime(st.startTime, fmt)).total_seconds()
+            M.STAGE_DURATION.labels(str(PlannedStage.parse(st.name).stage)).observe(secs)
 
 
 def _guarded(ns: str, name: str) -> None:
@@ -205,7 +211,7 @@ def on_run(name: str, namespace: str, **_: Any) -> None:
 
 @kopf.timer(RUN_GROUP, RUN_VERSION, RUN_PLURAL, interval=TIMER_S, sharp=False, backoff=5)
 def on_tick(name: str, namespace: str, status: dict, **_: Any) -> None:
-    if (status or {}).get("phase") not in ("Succeeded", "Failed"):
+    if (status or {}).get("phase") not in TERMINAL_RUN_PHASES:
         _guarded(namespace, name)
 
 
@@ -222,7 +228,7 @@ def on_delete(name: str, namespace: str, **_: Any) -> None:
 
 @kopf.on.probe(id="runs")
 def _probe(**_: Any) -> int:
-    return len(M._phases)
+    return M.tracked_runs()
 
 
 def main(argv: list[str] | None = None) -> None:

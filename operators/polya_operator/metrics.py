@@ -1,7 +1,11 @@
 """The operator's Prometheus metrics (names are part of the Grafana dashboard's contract)."""
 from __future__ import annotations
 
+from typing import get_args
+
 from prometheus_client import Counter, Gauge, Histogram
+
+from polya.spec import RunPhase
 
 RUNS = Gauge("polya_operator_runs", "PolyaRuns by phase", ["phase"])
 STAGE_DURATION = Histogram("polya_operator_stage_duration_seconds", "Wall time of succeeded stages (RayJob start to end)",
@@ -30,5 +34,10 @@ def record_phase(namespace: str, name: str, phase: str | None) -> None:
     counts: dict[str, int] = {}
     for p in _phases.values():
         counts[p] = counts.get(p, 0) + 1
-    for p in ("Pending", "Running", "Succeeded", "Failed", "Suspended"):
+    for p in get_args(RunPhase):
         RUNS.labels(p).set(counts.get(p, 0))
+
+
+def tracked_runs() -> int:
+    """How many runs the operator currently tracks (any phase)."""
+    return len(_phases)

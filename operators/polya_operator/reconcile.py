@@ -1,6 +1,6 @@
 """The controller's decision, as a pure function: ``reconcile(run, observed, now) -> Decision``.
 
-Stages run one at a time in the embedded runner's order (`polya.pipeline.plan`). For the current stage:
+Stages run one at a time in the embedded runner's order (`polya.recipe.plan`). For the current stage:
 
 * no RayJob yet (and not suspended, backoff elapsed) -> create ``<run>-<arm>-<stage>-<attempt>``;
 * its RayJob SUCCEEDED -> the stage succeeds and the next one is created in the same pass;
@@ -12,17 +12,20 @@ Stages run one at a time in the embedded runner's order (`polya.pipeline.plan`).
 ``evaluation.serve`` is true, a RayService keeps the rollout and reward-model apps up. An invalid spec
 (one the API server let through, e.g. on a server without CEL) fails the run with the field errors.
 Deleting the run deletes its children through owner references (Kubernetes garbage collection).
+
+The status is decided as the typed models of `polya.spec` (`PolyaRunStatus`, `StageStatus`) and handed
+back as ``model_dump(exclude_none=True)``: the same dump every pass, so an unchanged status compares equal
+to what the API server returned after the last patch.
 """
 from __future__ import annotations
 
-import copy
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Literal
 
-from polya.pipeline import PlannedStage, plan
-from polya.spec import PolyaRunSpec
+from polya.recipe import PlannedStage, plan
+from polya.spec import Condition, PolyaRunSpec, PolyaRunStatus, RunPhase, StageStatus
 from polya.validation import format_errors
 
 from polya_operator.children import (Defaults, child_name, configmap_name, rayjob, rayservice, rayservice_name,
@@ -53,9 +56,42 @@ class Event:
 class Decision:
     create: list[dict[str, Any]] = field(default_factory=list)
     delete: list[tuple[str, str]] = field(default_factory=list)  # (kind, name)
-    status: dict[str, Any] = field(default_factory=dict)
+    status: dict[str, Any] = field(default_factory=dict)  # PolyaRunStatus.model_dump(exclude_none=True)
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
+    finished: list[StageStatus] = field(default_factory=list)  # stages that reached Succeeded in this pass
+
+
+@dataclass
+class _Pass:
+    """One reconcile pass: its inputs, the status being decided (typed) and the decision it fills in."""
+
+    run: dict[str, Any]
+    observed: Observed
+    now: datetime
+    defaults: Defaults
+    status: PolyaRunStatus
+    old_phase: RunPhase  # the run's phase before this pass
+    decision: Decision = field(default_factory=Decision)
+    spec: PolyaRunSpec | None = None
+
+    @property
+    def name(self) -> str:
+        return self.run["metadata"]["name"]
+
+    def event(self, etype: str, reason: str, message: str) -> None:
+        self.decision.events.append(Event(etype, reason, message))
+
+    def condition(self, ctype: str, value: bool, reason: str, message: str) -> None:
+        _condition(self.status, ctype, value, reason, message, self.now)
+
+    def rayjob(self, step: PlannedStage, attempt: int) -> None:
+        self.decision.create.append(rayjob(self.run, self.spec, step.arm, step.stage, attempt, self.defaults))
+
+
+#: how walking the stages ends: a stage runs (or was started), every stage succeeded, or the pass stops
+#: here (the run failed or is suspended, or a retry is backing off)
+_Walk = Literal["running", "done", "stop"]
 
 
 def _ts(t: datetime) -> str:
@@ -70,17 +106,16 @@ def backoff(attempts: int) -> float:
     return min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** max(0, attempts - 1))
 
 
-def _condition(status: dict, ctype: str, value: bool, reason: str, message: str, now: datetime) -> None:
-    conds = status.setdefault("conditions", [])
-    new = {"type": ctype, "status": "True" if value else "False", "reason": reason, "message": message}
-    for c in conds:
-        if c["type"] == ctype:
-            if c["status"] != new["status"]:
-                c["lastTransitionTime"] = _ts(now)
-            c.update(new)
+def _condition(status: PolyaRunStatus, ctype: str, value: bool, reason: str, message: str, now: datetime) -> None:
+    flag: Literal["True", "False"] = "True" if value else "False"
+    for c in status.conditions:
+        if c.type == ctype:
+            if c.status != flag:
+                c.lastTransitionTime = _ts(now)
+            c.status, c.reason, c.message = flag, reason, message
             return
-    new["lastTransitionTime"] = _ts(now)
-    conds.append(new)
+    status.conditions.append(Condition(type=ctype, status=flag, reason=reason, message=message,
+                                       lastTransitionTime=_ts(now)))
 
 
 def _job_state(job: dict[str, Any]) -> str:
@@ -94,110 +129,142 @@ def _job_state(job: dict[str, Any]) -> str:
 
 
 def reconcile(run: dict[str, Any], observed: Observed, now: datetime, defaults: Defaults = Defaults()) -> Decision:
-    d = Decision()
-    status = copy.deepcopy(run.get("status") or {})
-    status["observedGeneration"] = run["metadata"].get("generation")
-    d.status = status
-    name = run["metadata"]["name"]
-    old_phase = status.get("phase")
+    status = PolyaRunStatus.model_validate(run.get("status") or {})
+    status.observedGeneration = run["metadata"].get("generation")
+    p = _Pass(run, observed, now, defaults, status, old_phase=status.phase)
+    if _validate(p):
+        _decide(p)
+    p.decision.status = status.model_dump(exclude_none=True)
+    return p.decision
 
+
+def _validate(p: _Pass) -> bool:
+    """Parse the spec into ``p.spec``; an invalid one fails the run with the field errors (returns False)."""
     try:
-        spec = PolyaRunSpec.model_validate(run.get("spec") or {})
+        p.spec = PolyaRunSpec.model_validate(p.run.get("spec") or {})
     except Exception as exc:  # pydantic.ValidationError
         errors = "; ".join(f"spec.{e}" for e in format_errors(exc)) if hasattr(exc, "errors") else str(exc)
-        status.update(phase="Failed", currentStage=None, message=f"invalid spec: {errors}")
-        _condition(status, "Valid", False, "InvalidSpec", errors, now)
-        if old_phase != "Failed":
-            d.events.append(Event("Warning", "InvalidSpec", errors))
-        return d
-    _condition(status, "Valid", True, "SpecAccepted", "spec validated", now)
+        p.status.phase, p.status.currentStage, p.status.message = "Failed", None, f"invalid spec: {errors}"
+        p.condition("Valid", False, "InvalidSpec", errors)
+        if p.old_phase != "Failed":
+            p.event("Warning", "InvalidSpec", errors)
+        return False
+    p.condition("Valid", True, "SpecAccepted", "spec validated")
+    return True
 
-    if not observed.configmap:
-        d.create.append(spec_configmap(run))
 
-    steps: list[PlannedStage] = plan(spec)
-    by_name = {s.get("name"): s for s in status.get("stages") or []}
-    stages = [by_name.get(step.key) or {"name": step.key, "phase": "Pending", "attempts": 0} for step in steps]
-    status["stages"] = stages
+def _decide(p: _Pass) -> None:
+    if not p.observed.configmap:
+        p.decision.create.append(spec_configmap(p.run))
+    steps = plan(p.spec)
+    by_name = {s.name: s for s in p.status.stages}
+    p.status.stages = [by_name.get(step.key) or StageStatus(name=step.key) for step in steps]
+    if p.status.phase == "Failed":
+        return  # terminal: a failed run stays failed (edit the spec under a new name to retry)
+    outcome = _walk(p, steps)
+    if outcome == "done":
+        _all_done(p)
+    elif outcome == "running":
+        _running(p)
 
-    if status.get("phase") == "Failed":
-        return d  # terminal: a failed run stays failed (edit the spec under a new name to retry)
 
-    for step, st in zip(steps, stages):
-        if st["phase"] == "Succeeded":
+def _walk(p: _Pass, steps: list[PlannedStage]) -> _Walk:
+    """Advance the stages in plan order, up to the first one that is not done after this pass."""
+    for step, st in zip(steps, p.status.stages):
+        if st.phase == "Succeeded":
             continue
-        status["currentStage"] = step.key
-        if st["phase"] == "Running":
-            job = observed.rayjobs.get(st.get("rayJobName", ""))
-            if job is None:
-                # created but not observed yet (or removed by hand): recreate; the API answers 409 if it exists
-                d.create.append(rayjob(run, spec, step.arm, step.stage, st["attempts"], defaults))
-                break
-            state = _job_state(job)
-            if state == "running":
-                break
-            st["finishTime"] = _ts(now)
-            if state == "succeeded":
-                st["phase"] = "Succeeded"
-                st["message"] = None
-                result = observed.results.get(step.key) or {}
-                if result.get("artifactUri"):
-                    st["artifactUri"] = result["artifactUri"]
-                if result.get("figures"):
-                    st["figures"] = {k: float(v) for k, v in result["figures"].items()}
-                d.events.append(Event("Normal", "StageSucceeded", f"{step.key} succeeded (attempt {st['attempts']})"))
+        p.status.currentStage = step.key
+        if st.phase == "Running":
+            outcome = _advance_running(p, step, st)
+            if outcome == "next":
                 continue  # start the next stage in this same pass
-            reason = (job.get("status") or {}).get("message") or (job.get("status") or {}).get("reason") or "RayJob failed"
-            if st["attempts"] <= spec.maxStageRetries:
-                st["phase"] = "Pending"
-                st["message"] = f"attempt {st['attempts']} failed: {reason}; retrying in {backoff(st['attempts']):.0f}s"
-                d.events.append(Event("Warning", "StageRetrying", f"{step.key}: {st['message']}"))
-            else:
-                st["phase"] = "Failed"
-                st["message"] = reason
-                status.update(phase="Failed", message=f"stage {step.key} failed after {st['attempts']} attempt(s): {reason}")
-                _condition(status, "Failed", True, "StageFailed", status["message"], now)
-                d.events.append(Event("Warning", "RunFailed", status["message"]))
-                return d
-        # Pending: start it unless suspended or still backing off
-        if spec.suspend:
-            status.update(phase="Suspended", message="spec.suspend is true: no new stage starts")
-            _condition(status, "Suspended", True, "SuspendedBySpec", status["message"], now)
-            if old_phase != "Suspended":
-                d.events.append(Event("Normal", "Suspended", status["message"]))
-            return d
-        if st["attempts"] > 0 and st.get("finishTime"):
-            ready_at = _parse(st["finishTime"]) + timedelta(seconds=backoff(st["attempts"]))
-            if now < ready_at:
-                d.requeue_after = (ready_at - now).total_seconds()
-                status["phase"] = "Running"
-                return d
-        st["attempts"] += 1
-        st["phase"] = "Running"
-        st["rayJobName"] = child_name(name, step.arm, step.stage, st["attempts"])
-        st["startTime"] = _ts(now)
-        st.pop("finishTime", None)
-        d.create.append(rayjob(run, spec, step.arm, step.stage, st["attempts"], defaults))
-        d.events.append(Event("Normal", "StageStarted", f"{step.key} attempt {st['attempts']}: RayJob {st['rayJobName']}"))
-        break
-    else:
-        status.update(phase="Succeeded", currentStage=None, message="all stages succeeded")
-        _condition(status, "Complete", True, "AllStagesSucceeded", status["message"], now)
-        if old_phase != "Succeeded":
-            d.events.append(Event("Normal", "RunSucceeded", status["message"]))
-        if spec.evaluation.serve and not observed.rayservice:
-            d.create.append(rayservice(run, spec, defaults))
-        return d
+            if outcome != "retry":
+                return outcome
+        return "running" if _start_pending(p, step, st) else "stop"
+    return "done"
 
-    if spec.suspend is False and status.get("phase") == "Suspended":
-        _condition(status, "Suspended", False, "Resumed", "spec.suspend is false", now)
-    status["phase"] = "Running"
-    status["message"] = f"running {status['currentStage']}"
-    if not spec.evaluation.serve and observed.rayservice:
-        d.delete.append(("RayService", rayservice_name(name)))
-    if old_phase != "Running":
-        d.events.append(Event("Normal", "Running", status["message"]))
-    return d
+
+def _advance_running(p: _Pass, step: PlannedStage, st: StageStatus) -> _Walk | Literal["next", "retry"]:
+    """A running stage's RayJob: still running, succeeded ("next"), failed with retries left ("retry": the
+    stage is Pending again) or failed for good (the run fails: "stop")."""
+    job = p.observed.rayjobs.get(st.rayJobName or "")
+    if job is None:
+        # created but not observed yet (or removed by hand): recreate; the API answers 409 if it exists
+        p.rayjob(step, st.attempts)
+        return "running"
+    state = _job_state(job)
+    if state == "running":
+        return "running"
+    st.finishTime = _ts(p.now)
+    if state == "succeeded":
+        _succeed(p, step, st)
+        return "next"
+    reason = (job.get("status") or {}).get("message") or (job.get("status") or {}).get("reason") or "RayJob failed"
+    if st.attempts <= p.spec.maxStageRetries:
+        st.phase = "Pending"
+        st.message = f"attempt {st.attempts} failed: {reason}; retrying in {backoff(st.attempts):.0f}s"
+        p.event("Warning", "StageRetrying", f"{step.key}: {st.message}")
+        return "retry"
+    st.phase, st.message = "Failed", reason
+    p.status.phase = "Failed"
+    p.status.message = f"stage {step.key} failed after {st.attempts} attempt(s): {reason}"
+    p.condition("Failed", True, "StageFailed", p.status.message)
+    p.event("Warning", "RunFailed", p.status.message)
+    return "stop"
+
+
+def _succeed(p: _Pass, step: PlannedStage, st: StageStatus) -> None:
+    st.phase, st.message = "Succeeded", None
+    result = p.observed.results.get(step.key) or {}
+    if result.get("artifactUri"):
+        st.artifactUri = result["artifactUri"]
+    if result.get("figures"):
+        st.figures = {k: float(v) for k, v in result["figures"].items()}
+    p.decision.finished.append(st)
+    p.event("Normal", "StageSucceeded", f"{step.key} succeeded (attempt {st.attempts})")
+
+
+def _start_pending(p: _Pass, step: PlannedStage, st: StageStatus) -> bool:
+    """Start a pending stage's next attempt unless suspended or still backing off (then False)."""
+    if p.spec.suspend:
+        p.status.phase, p.status.message = "Suspended", "spec.suspend is true: no new stage starts"
+        p.condition("Suspended", True, "SuspendedBySpec", p.status.message)
+        if p.old_phase != "Suspended":
+            p.event("Normal", "Suspended", p.status.message)
+        return False
+    if st.attempts > 0 and st.finishTime:
+        ready_at = _parse(st.finishTime) + timedelta(seconds=backoff(st.attempts))
+        if p.now < ready_at:
+            p.decision.requeue_after = (ready_at - p.now).total_seconds()
+            p.status.phase = "Running"
+            return False
+    st.attempts += 1
+    st.phase = "Running"
+    st.rayJobName = child_name(p.name, step.arm, step.stage, st.attempts)
+    st.startTime, st.finishTime = _ts(p.now), None
+    p.rayjob(step, st.attempts)
+    p.event("Normal", "StageStarted", f"{step.key} attempt {st.attempts}: RayJob {st.rayJobName}")
+    return True
+
+
+def _all_done(p: _Pass) -> None:
+    p.status.phase, p.status.currentStage, p.status.message = "Succeeded", None, "all stages succeeded"
+    p.condition("Complete", True, "AllStagesSucceeded", p.status.message)
+    if p.old_phase != "Succeeded":
+        p.event("Normal", "RunSucceeded", p.status.message)
+    if p.spec.evaluation.serve and not p.observed.rayservice:
+        p.decision.create.append(rayservice(p.run, p.spec, p.defaults))
+
+
+def _running(p: _Pass) -> None:
+    if p.spec.suspend is False and p.status.phase == "Suspended":
+        p.condition("Suspended", False, "Resumed", "spec.suspend is false")
+    p.status.phase = "Running"
+    p.status.message = f"running {p.status.currentStage}"
+    if not p.spec.evaluation.serve and p.observed.rayservice:
+        p.decision.delete.append(("RayService", rayservice_name(p.name)))
+    if p.old_phase != "Running":
+        p.event("Normal", "Running", p.status.message)
 
 
 __all__ = ["Decision", "Event", "Observed", "reconcile", "backoff", "configmap_name"]

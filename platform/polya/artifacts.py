@@ -1,7 +1,7 @@
 """Content-addressed stage outputs: ``<storage>/<stage>/<key>/`` with a manifest written last.
 
-The key is a hash of the stage's name, its spec slice, the keys of its input artifacts and a code
-version. A folder whose ``manifest.json`` exists is complete: the stage is skipped on rerun. A folder
+The key is a hash of the stage's name, its settings, the keys of its input artifacts and a format
+version (`polya.recipe.cache_key`). A folder whose ``manifest.json`` exists is complete: the stage is skipped on rerun. A folder
 without one is a crashed attempt: it is cleared and the stage runs again. Local paths are written in
 place; for object-store URIs (s3://, gs://, …) stages write to a local staging folder and `commit`
 uploads it through fsspec, manifest last.
@@ -19,15 +19,7 @@ from typing import Any
 
 from polya.spec import uri_scheme
 
-#: bump when a stage's output format changes, so old artifacts are not reused
-ARTIFACT_VERSION = "1"
 MANIFEST = "manifest.json"
-
-
-def stage_key(stage: str, spec_slice: Any, inputs: dict[str, str] | None = None) -> str:
-    payload = json.dumps({"stage": stage, "spec": spec_slice, "inputs": inputs or {}, "v": ARTIFACT_VERSION},
-                         sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 @dataclass

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+PROG = "polya"  # the command's name (not the arm of the same name)
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False, soft_wrap=True)
 
@@ -99,15 +100,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     from polya.engines.base import EngineConfig
     from polya.models import resolve
+    from polya.reward import ScorerConfig
     from polya.serve.launch import start_reward, start_rollout
 
     cfg = EngineConfig(model=resolve(args.model), kind=args.engine, dtype=args.dtype, max_model_len=args.max_model_len,
                        served_name=args.model, enforce_eager=args.gpus == 0)
-    start_rollout(cfg.__dict__, replicas=args.replicas, gpus_per_replica=args.gpus, http_port=args.port,
+    start_rollout(cfg, replicas=args.replicas, gpus_per_replica=args.gpus, http_port=args.port,
                   max_tokens_limit=args.max_tokens_limit, route_prefix="/")
     out.print(f"rollout: http://127.0.0.1:{args.port}/v1 (model {args.model!r}, {args.replicas} replica(s))")
     if args.reward:
-        start_reward({"kind": "embedding"}, http_port=args.port)
+        start_reward(ScorerConfig(), http_port=args.port)
         out.print(f"reward model: POST http://127.0.0.1:{args.port}/score")
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -123,7 +125,10 @@ def _cmd_stage(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="polya", description=__doc__)
+    from polya.recipe import ARMS, STAGES, Arm
+
+    stages, arms = [str(s) for s in STAGES], [str(a) for a in ARMS]
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
     v = sub.add_parser("validate", help="check PolyaRun manifests against the spec")
@@ -146,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a PolyaRun's stages on this machine")
     r.add_argument("file")
-    r.add_argument("--only", choices=["selfgen", "filter", "midtrain", "grpo", "evaluate"], default=None)
+    r.add_argument("--only", choices=stages, default=None)
     r.add_argument("--metrics-port", type=int, default=None)
     r.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     r.set_defaults(func=_cmd_run)
@@ -165,9 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.set_defaults(func=_cmd_serve)
 
     s = sub.add_parser("stage", help="run one stage (what each cluster RayJob runs)")
-    s.add_argument("name", choices=["selfgen", "filter", "midtrain", "grpo", "evaluate"])
+    s.add_argument("name", choices=stages)
     s.add_argument("--spec", required=True, help="PolyaRun manifest (the operator mounts it from a ConfigMap)")
-    s.add_argument("--arm", default="polya", help="polya, vanilla or star")
+    s.add_argument("--arm", default=str(Arm.POLYA), choices=arms, help="the arm whose step to run")
     s.set_defaults(func=_cmd_stage)
     return p
 

@@ -1,43 +1,14 @@
-"""The embedded runner: which stages a PolyaRun needs, in order, and running them on this machine.
-
-Arms: ``polya`` (the recipe), ``base`` (evaluation of the untouched model) and the baselines of
-``spec.baselines`` — ``vanilla`` (GRPO from the base model) and ``star`` (STaR traces, then SFT + GRPO).
-An arm only lists the stages it does not share with another arm; artifacts are shared by content address.
+"""The embedded runner: the run's plan (`polya.recipe.plan`) executed in order on this machine, with a
+live view and the run's report at the end. The stage table (`polya.recipe`) says what each step reads.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import sys
+import time
 
-from polya.spec import PolyaRun, PolyaRunSpec
-
-
-@dataclass(frozen=True)
-class PlannedStage:
-    arm: str
-    stage: str
-
-    @property
-    def key(self) -> str:
-        return f"{self.arm}/{self.stage}"
-
-
-def plan(spec: PolyaRunSpec) -> list[PlannedStage]:
-    steps: list[PlannedStage] = [PlannedStage("base", "evaluate")]
-    recipe = ["selfgen", "filter"]
-    if spec.midTraining.enabled:
-        recipe.append("midtrain")
-    if spec.grpo.enabled:
-        recipe.append("grpo")
-    recipe.append("evaluate")
-    for s in recipe:
-        steps.append(PlannedStage("polya", s))
-        if s == "midtrain" and spec.grpo.enabled:
-            steps.append(PlannedStage("polya-sft", "evaluate"))  # the mid-trained model, before RL
-    if "vanilla" in spec.baselines and spec.grpo.enabled:
-        steps += [PlannedStage("vanilla", "grpo"), PlannedStage("vanilla", "evaluate")]
-    if "star" in spec.baselines:
-        steps += [PlannedStage("star", s) for s in recipe]
-    return steps
+from polya.recipe import PlannedStage, Stage, inputs_for, plan
+from polya.spec import PolyaRun
 
 
 def _print_plan(run: PolyaRun) -> None:
@@ -46,39 +17,21 @@ def _print_plan(run: PolyaRun) -> None:
 
     table = Table("#", "arm", "stage", title=f"PolyaRun {run.metadata.name}")
     for i, step in enumerate(plan(run.spec), start=1):
-        table.add_row(str(i), step.arm, step.stage)
+        table.add_row(str(i), str(step.arm), str(step.stage))
     Console(stderr=True).print(table)
 
 
-def _inputs_for(step: PlannedStage, done: dict[str, "object"]) -> dict:
-    """Artifacts a step reads: the previous stage of its arm (vanilla GRPO starts from the base model)."""
-    if step.arm == "polya-sft":
-        return {"model": done["polya/midtrain"]}
-    arm_done = {k.split("/", 1)[1]: v for k, v in done.items() if k.startswith(step.arm + "/")}
-    if step.stage == "filter":
-        return {"selfgen": arm_done["selfgen"]}
-    if step.stage == "midtrain":
-        return {"filter": arm_done["filter"]}
-    if step.stage == "grpo":
-        return {"model": arm_done["midtrain"]} if "midtrain" in arm_done else {}
-    if step.stage == "evaluate":
-        for prev in ("grpo", "midtrain"):
-            if prev in arm_done:
-                return {"model": arm_done[prev]}
-    return {}
+def _targets(steps: list[PlannedStage], only: str | None, arm: str | None) -> set[PlannedStage]:
+    if not only:
+        return set(steps)
+    return {s for s in steps if s.stage == Stage(only) and (arm is None or s.arm == arm)}
 
 
 def execute(run: PolyaRun, only: str | None = None, progress: bool | None = None, report: bool = True,
             arm: str | None = None) -> int:
-    """Run the plan in order; a completed stage (its manifest exists) is skipped. Writes the report."""
-    import importlib
-    import json
-    import sys
-    import time
-
+    """Run the plan in order; a completed step (its manifest exists) is skipped. Writes the report."""
     from polya.artifacts import ArtifactStore, write_result
     from polya.serve.launch import ensure_ray
-    from polya.stages import StageNotImplemented, get_stage
     from polya.stages.common import StageContext
 
     live = sys.stderr.isatty() if progress is None else progress
@@ -86,46 +39,42 @@ def execute(run: PolyaRun, only: str | None = None, progress: bool | None = None
     done: dict = {}
     results: dict = {}
     steps = plan(run.spec)
+    targets = _targets(steps, only, arm)
     ensure_ray()
-    view = _ProgressView(steps, live)
-    with view:
+    with _ProgressView(steps, live) as view:
         for step in steps:
             try:
-                get_stage(step.stage)
-            except StageNotImplemented as exc:
-                print(f"polya run: {exc}; stopping before {step.key}")
-                return 2
-            module = importlib.import_module(f"polya.stages.{step.stage}")
-            target = not only or (step.stage == only and (arm is None or step.arm == arm))
-            try:
-                inputs = _inputs_for(step, done)
+                inputs = inputs_for(step, done, steps)
             except KeyError as missing:
-                if target:
+                if step in targets:
                     print(f"polya run: {step.key} needs {missing} to have completed first; run the stages before it")
                     return 1
                 continue  # a step of another arm whose inputs are not there: not needed here
-            ctx = StageContext(run=run, store=store, arm=step.arm, inputs=inputs, progress=live)
-            if not target:
-                art = store.artifact(step.stage, module.key(ctx))
+            ctx = StageContext(run=run, store=store, stage=step.stage, arm=step.arm, inputs=inputs, progress=live)
+            if step not in targets:
+                art = ctx.artifact()
                 if art.exists():
                     done[step.key] = art  # an input of a later target
                 continue
             view.start(step)
             t0 = time.perf_counter()
-            result = module.run(ctx)
+            result = step.definition.run(ctx)
             seconds = None if result.skipped else time.perf_counter() - t0
-            art = store.artifact(step.stage, module.key(ctx))
-            done[step.key] = art
+            done[step.key] = art = ctx.artifact()
             results[step.key] = {"artifact": str(art.local), "figures": result.figures, "seconds": seconds}
             write_result(run.spec.storage.uri, step.key, result.artifact_uri, result.figures)
             view.finish(step, result, seconds)
     if report and not only:
-        from polya.analysis.report import build_report
-
-        path = build_report(run, results, store.root / "report")
-        line = {"event": "report", "path": str(path)}
-        print(json.dumps(line) if not live else f"report: {path} (and report.html beside it)", flush=True)
+        _report(run, results, store.root / "report", live)
     return 0
+
+
+def _report(run: PolyaRun, results: dict, out_dir, live: bool) -> None:
+    from polya.analysis.report import build_report
+
+    path = build_report(run, results, out_dir)
+    line = {"event": "report", "path": str(path)}
+    print(json.dumps(line) if not live else f"report: {path} (and report.html beside it)", flush=True)
 
 
 class _ProgressView:
@@ -154,13 +103,9 @@ class _ProgressView:
         if self.progress is not None:
             self.progress.update(self.task, description=step.key)
         else:
-            import json
-
             print(json.dumps({"event": "stage_start", "step": step.key}), flush=True)
 
     def finish(self, step: PlannedStage, result, seconds: float | None) -> None:
-        import json
-
         figures = {k: v for k, v in list(result.figures.items())[:8]}
         if self.progress is not None:
             state = "cached" if seconds is None else f"{seconds:.1f}s"
@@ -191,7 +136,7 @@ def run_file(path: str, only: str | None = None, metrics_port: int | None = None
     return execute(run, only=only)
 
 
-def run_stage_from_file(name: str, spec_path: str, arm: str = "polya") -> int:
+def run_stage_from_file(name: str, spec_path: str, arm: str) -> int:
     """`polya stage NAME --arm ARM`: what a cluster RayJob runs — exactly that one step; the steps before
     it must have completed (their artifacts are found by content address in the run's storage)."""
     from polya.validation import load_run_file

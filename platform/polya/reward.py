@@ -12,9 +12,33 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
+from polya.engines.base import EngineConfig
 from polya.heuristics import BY_ID, Heuristic, describe
+
+if TYPE_CHECKING:
+    from polya.spec import ModelSpec, RewardModelSpec
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    """A scorer, buildable in another process (a Serve replica): its kind, its model and, for a judge, its
+    engine."""
+
+    kind: str = "embedding"
+    name: str = "builtin:all-minilm-l6-v2"
+    engine: EngineConfig | None = None  # judges only
+
+    @classmethod
+    def from_spec(cls, rm: "RewardModelSpec", model: "ModelSpec", seed: int) -> "ScorerConfig":
+        """The run's reward model; a judge runs on engines configured by the reward-model block itself."""
+        engine = None
+        if rm.kind == "judge":
+            from polya.models import resolve
+
+            engine = EngineConfig.from_spec(model, rm, resolve(rm.name), seed, served_name=rm.name)
+        return cls(kind=rm.kind, name=rm.name or cls.name, engine=engine)
 
 
 @dataclass(frozen=True)
@@ -105,10 +129,10 @@ class ClassifierScorer:
 
 
 class JudgeScorer:
-    def __init__(self, engine_cfg: dict[str, Any], max_tokens: int = 16):
-        from polya.engines.base import EngineConfig, create_engine
+    def __init__(self, engine_cfg: EngineConfig, max_tokens: int = 16):
+        from polya.engines.base import create_engine
 
-        self.engine = create_engine(EngineConfig(**engine_cfg))
+        self.engine = create_engine(engine_cfg)
         self.max_tokens = max_tokens
 
     def prompt(self, item: ScoreItem) -> str:
@@ -124,13 +148,13 @@ class JudgeScorer:
         return [parse_judge_score(g[0].text) for g in groups]
 
 
-def create_scorer(cfg: dict[str, Any]):
-    """cfg: {kind, name, engine?: EngineConfig dict for judges}."""
-    kind = cfg.get("kind", "embedding")
-    if kind == "embedding":
-        return EmbeddingScorer(cfg.get("name") or "builtin:all-minilm-l6-v2")
-    if kind == "classifier":
-        return ClassifierScorer(cfg["name"])
-    if kind == "judge":
-        return JudgeScorer(cfg["engine"])
-    raise ValueError(f"unknown reward model kind {kind!r}; use judge, classifier or embedding")
+def create_scorer(cfg: ScorerConfig):
+    if cfg.kind == "embedding":
+        return EmbeddingScorer(cfg.name)
+    if cfg.kind == "classifier":
+        return ClassifierScorer(cfg.name)
+    if cfg.kind == "judge":
+        if cfg.engine is None:
+            raise ValueError("a judge scorer needs an engine: build it with ScorerConfig.from_spec")
+        return JudgeScorer(cfg.engine)
+    raise ValueError(f"unknown reward model kind {cfg.kind!r}; use judge, classifier or embedding")

@@ -14,6 +14,8 @@ import random
 from dataclasses import dataclass
 from typing import Iterable
 
+from polya.recipe import STAR_SELECTION
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -41,7 +43,7 @@ def select(cands: Iterable[Candidate], mode: str = "heuristic", keep_incorrect: 
         raise ValueError("keep_incorrect must be in [0, 1]")
     groups: dict[tuple[str, str], list[Candidate]] = {}
     for c in cands:
-        key = (c.question_id, "" if mode == "star" else c.heuristic_id)
+        key = (c.question_id, "" if mode == STAR_SELECTION else c.heuristic_id)
         groups.setdefault(key, []).append(c)
     kept: list[int] = []
     incorrect_best: list[Candidate] = []

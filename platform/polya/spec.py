@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from polya.recipe import BASELINES, STAR_SELECTION
+
 API_GROUP = "polya.dev"
 API_VERSION = "v1alpha1"
 KIND = "PolyaRun"
@@ -43,6 +45,35 @@ def uri_scheme(uri: str) -> str | None:
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class NotInKey:
+    """Field metadata (``Annotated[T, NOT_IN_KEY]``): the field says where or how fast work runs (replicas,
+    GPUs, checkpoint cadence, transport), not what it computes, so it stays out of stage cache keys. Every
+    other field is in the key of the stages that read its section (`polya.recipe`): new fields by default."""
+
+    def __repr__(self) -> str:
+        return "NOT_IN_KEY"
+
+
+NOT_IN_KEY = NotInKey()
+
+
+def result_fields(model: BaseModel) -> dict[str, Any]:
+    """``model`` as plain data without the fields marked NOT_IN_KEY (nested models and lists included)."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, BaseModel):
+            return result_fields(v)
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    fields = type(model).model_fields
+    return {name: plain(getattr(model, name)) for name, info in fields.items()
+            if not any(isinstance(m, NotInKey) for m in info.metadata)}
 
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -210,15 +241,19 @@ class SamplingSpec(_Model):
     maxTokens: PositiveInt = Field(default=1024, description="Generated tokens per completion.")
 
 
-class RolloutSpec(SamplingSpec):
-    """Rollout engines behind Ray Serve (vLLM where it imports)."""
+class EngineSpec(_Model):
+    """Inference engines behind Ray Serve (vLLM where it imports): how many, on what, which backend."""
 
-    replicas: PositiveInt = 1
-    gpusPerReplica: Annotated[float, Field(ge=0)] = Field(default=0, description="0 on CPU machines.")
+    replicas: Annotated[PositiveInt, NOT_IN_KEY] = 1
+    gpusPerReplica: Annotated[float, Field(ge=0), NOT_IN_KEY] = Field(default=0, description="0 on CPU machines.")
     engine: Literal["auto", "vllm", "transformers"] = Field(
         default="auto", description="auto = vLLM where it imports, else transformers."
     )
-    maxNumSeqs: PositiveInt = Field(default=64, description="Concurrent sequences per engine.")
+    maxNumSeqs: Annotated[PositiveInt, NOT_IN_KEY] = Field(default=64, description="Concurrent sequences per engine.")
+
+
+class RolloutSpec(SamplingSpec, EngineSpec):
+    """Rollout engines behind Ray Serve and how they sample."""
 
 
 # ------------------------------------------------------------------------------------------------ stages
@@ -226,10 +261,13 @@ class SelfGenerationSpec(RolloutSpec):
     samplesPerHeuristic: PositiveInt = Field(default=4, description="Completions per (question, heuristic).")
     temperature: Annotated[float, Field(ge=0.0)] = 0.8
     maxTokens: PositiveInt = 2048
-    inputUri: str | None = Field(default=None, description="Reuse this self-generation artifact instead of running.")
+    inputUri: Annotated[str | None, NOT_IN_KEY] = Field(
+        default=None, description="Reuse this self-generation artifact instead of running.")
 
 
-class RewardModelSpec(_Model):
+class RewardModelSpec(EngineSpec):
+    """The adherence scorer; a judge runs on its own engines (`engine`, `maxNumSeqs`, `gpusPerReplica`)."""
+
     kind: Literal["judge", "classifier", "embedding"] = Field(
         default="embedding",
         description="judge: generative judge; classifier: sequence-classification RM; embedding: sentence-encoder similarity.",
@@ -238,9 +276,6 @@ class RewardModelSpec(_Model):
         default=None,
         description="Model of the scorer (required for judge and classifier; default builtin:all-minilm-l6-v2).",
     )
-    replicas: PositiveInt = 1
-    gpusPerReplica: Annotated[float, Field(ge=0)] = 0
-
     @model_validator(mode="after")
     def _name_needed(self) -> "RewardModelSpec":
         if self.name is None:
@@ -255,18 +290,18 @@ class RewardModelSpec(_Model):
 class FilteringSpec(_Model):
     rewardModel: RewardModelSpec = Field(default_factory=RewardModelSpec)
     keepIncorrect: Fraction = Field(default=0.0, description="Fraction of incorrect traces admitted (ablation).")
-    mode: Literal["heuristic", "star"] = Field(
+    mode: Literal["heuristic", STAR_SELECTION] = Field(  # type: ignore[valid-type]
         default="heuristic", description="heuristic: best trace per (question, heuristic); star: one per question."
     )
     verifyTimeoutSeconds: Annotated[float, Field(gt=0)] = Field(default=5.0, description="Per-item math-verify limit.")
-    verifyWorkers: PositiveInt = Field(default=2, description="Processes verifying answers.")
-    inputUri: str | None = None
+    verifyWorkers: Annotated[PositiveInt, NOT_IN_KEY] = Field(default=2, description="Processes verifying answers.")
+    inputUri: Annotated[str | None, NOT_IN_KEY] = None
 
 
 class LearnerSpec(_Model):
     learningRate: Annotated[float, Field(gt=0)] = 1.0e-5
-    workers: PositiveInt = Field(default=1, description="Ray Train workers (one DeepSpeed rank each).")
-    gpusPerWorker: Annotated[float, Field(ge=0)] = 0
+    workers: Annotated[PositiveInt, NOT_IN_KEY] = Field(default=1, description="Ray Train workers (one DeepSpeed rank each).")
+    gpusPerWorker: Annotated[float, Field(ge=0), NOT_IN_KEY] = 0
     zeroStage: Annotated[int, Field(ge=0, le=3)] = Field(default=2, description="DeepSpeed ZeRO stage 0-3.")
     precision: Literal["auto", "bf16", "fp32"] = Field(
         default="auto", description="Learner precision. auto: bf16 where the hardware computes it natively, else fp32."
@@ -276,20 +311,21 @@ class LearnerSpec(_Model):
     weightDecay: Annotated[float, Field(ge=0)] = 0.0
     maxGradNorm: Annotated[float, Field(gt=0)] = 1.0
     warmupRatio: Fraction = 0.03
-    checkpointEvery: PositiveInt = Field(default=50, description="Optimizer steps between checkpoints.")
+    checkpointEvery: Annotated[PositiveInt, NOT_IN_KEY] = Field(default=50, description="Optimizer steps between checkpoints.")
     offloadOptimizer: bool = False
-    inputUri: str | None = Field(default=None, description="Start from this model artifact instead of the previous stage.")
+    inputUri: Annotated[str | None, NOT_IN_KEY] = Field(
+        default=None, description="Start from this model artifact instead of the previous stage.")
 
 
 class MidTrainingSpec(LearnerSpec):
-    enabled: bool = True
+    enabled: Annotated[bool, NOT_IN_KEY] = True
     epochs: PositiveInt = 3
     batchSize: PositiveInt = Field(default=64, description="Global batch (sequences per optimizer step).")
     maxSeqLen: PositiveInt = 4096
 
 
 class GRPOSpec(LearnerSpec):
-    enabled: bool = True
+    enabled: Annotated[bool, NOT_IN_KEY] = True
     learningRate: Annotated[float, Field(gt=0)] = 1.0e-6
     steps: PositiveInt = 500
     promptsPerStep: PositiveInt = 64
@@ -305,7 +341,7 @@ class GRPOSpec(LearnerSpec):
     formatReward: Annotated[float, Field(ge=0)] = Field(default=0.0, description="Reward for a boxed final answer.")
     dynamicSampling: bool = Field(default=False, description="Resample groups whose rewards are all equal.")
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
-    weightSync: Literal["collective", "objectStore"] = Field(
+    weightSync: Annotated[Literal["collective", "objectStore"], NOT_IN_KEY] = Field(
         default="collective",
         description="How each step's weights reach the rollout replicas. collective: learner rank 0 broadcasts "
         "over a process group with the vLLM workers (NCCL on GPUs, gloo on CPU; 6x faster than objectStore even "
@@ -331,14 +367,13 @@ class CompositionSpec(_Model):
     )
 
 
-class EvaluationSpec(SamplingSpec):
+class EvaluationSpec(RolloutSpec):
     benchmarks: list[BenchmarkSpec] = Field(min_length=1)
     samples: Annotated[int, Field(ge=1, le=1024)] = Field(default=64, description="Completions per problem.")
     k: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64], min_length=1)
     temperature: Annotated[float, Field(ge=0.0)] = 0.6
-    serve: bool = Field(default=False, description="Keep rollout and reward-model endpoints up (RayService).")
-    replicas: PositiveInt = 1
-    gpusPerReplica: Annotated[float, Field(ge=0)] = 0
+    serve: Annotated[bool, NOT_IN_KEY] = Field(
+        default=False, description="Keep rollout and reward-model endpoints up (RayService).")
     composition: CompositionSpec = Field(default_factory=CompositionSpec)
 
     @field_validator("k")
@@ -371,7 +406,7 @@ class PolyaRunSpec(_Model):
     midTraining: MidTrainingSpec = Field(default_factory=MidTrainingSpec)
     grpo: GRPOSpec = Field(default_factory=GRPOSpec)
     evaluation: EvaluationSpec
-    baselines: list[Literal["vanilla", "star"]] = Field(
+    baselines: list[Literal[tuple(a.value for a in BASELINES)]] = Field(  # type: ignore[misc]
         default_factory=list, description="Extra arms: vanilla (GRPO without mid-training), star (STaR + GRPO)."
     )
     seed: int = 0
@@ -392,6 +427,8 @@ class PolyaRunSpec(_Model):
 # ------------------------------------------------------------------------------------------------ status
 StagePhase = Literal["Pending", "Running", "Succeeded", "Failed", "Skipped"]
 RunPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
+#: phases a run never leaves: the operator stops ticking it
+TERMINAL_RUN_PHASES: frozenset[str] = frozenset({"Succeeded", "Failed"})
 
 
 class StageStatus(_Model):
@@ -440,9 +477,6 @@ class PolyaRun(_Model):
     spec: PolyaRunSpec
     status: PolyaRunStatus | None = None
 
-
-#: stages in the order the recipe runs them
-STAGES = ("selfgen", "filter", "midtrain", "grpo", "evaluate")
 
 
 def load_run(doc: dict[str, Any]) -> PolyaRun:

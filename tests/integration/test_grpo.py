@@ -46,9 +46,9 @@ def sft_model(ray_session, tiny_model, tmp_path_factory):
              "completion": f"\\boxed{{{2 * i}}}", "correct": True, "adherence": 0.5} for i in range(16)]
     pq.write_table(pa.Table.from_pylist(rows), filt.local / "sft.parquet")
     store.commit(filt, {})
-    ctx = StageContext(run=run, store=store, inputs={"filter": filt}, progress=False)
+    ctx = StageContext(run=run, store=store, stage="midtrain", inputs={"filter": filt}, progress=False)
     midtrain.run(ctx)
-    return store.artifact("midtrain", midtrain.key(ctx))
+    return ctx.artifact()
 
 
 def test_sft_then_grpo_syncs_weights_to_rollout(sft_model, tiny_model, tmp_path):
@@ -56,9 +56,9 @@ def test_sft_then_grpo_syncs_weights_to_rollout(sft_model, tiny_model, tmp_path)
 
     run = grpo_run(tiny_model, tmp_path / "run", formatReward=1.0)
     store = ArtifactStore(run.spec.storage.uri)
-    ctx = StageContext(run=run, store=store, arm="polya", inputs={"model": sft_model}, progress=False)
+    ctx = StageContext(run=run, store=store, stage="grpo", arm="polya", inputs={"model": sft_model}, progress=False)
     res = grpo.run(ctx)
-    folder = store.artifact("grpo", grpo.key(ctx)).local
+    folder = ctx.artifact().local
     rows = json.loads((folder / "steps.json").read_text())
     assert [r["step"] for r in rows] == [1, 2]
     for r in rows:
@@ -69,7 +69,7 @@ def test_sft_then_grpo_syncs_weights_to_rollout(sft_model, tiny_model, tmp_path)
     assert res.figures["rollout_weight_version"] == 2.0  # one sync per step reached the replica
     assert res.figures["rollout_changed"] == 1.0  # and the replica now samples from the new policy
     assert (folder / "model" / "config.json").exists() and (folder / "reward.png").exists()
-    ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints" / "grpo" / grpo.key(ctx)).iterdir())
+    ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints" / "grpo" / ctx.key()).iterdir())
     assert ckpts == ["step_1", "step_2"]
 
 
@@ -82,11 +82,11 @@ def test_killed_grpo_resumes_to_the_same_metrics(sft_model, tiny_model, tmp_path
     def context(root):
         run = grpo_run(tiny_model, root, steps=3, workers=1, formatReward=1.0,
                        rollout={"maxTokens": 12, "temperature": 1.0, "engine": "transformers"})
-        return StageContext(run=run, store=ArtifactStore(run.spec.storage.uri), arm="polya",
+        return StageContext(run=run, store=ArtifactStore(run.spec.storage.uri), stage="grpo", arm="polya",
                             inputs={"model": sft_model}, progress=False)
 
     def steps(ctx):
-        return json.loads((ctx.store.artifact("grpo", grpo.key(ctx)).local / "steps.json").read_text())
+        return json.loads((ctx.artifact().local / "steps.json").read_text())
 
     clean = context(tmp_path / "clean")
     grpo.run(clean)

@@ -33,7 +33,7 @@ def _setup(tiny_model, tmp_path, **mt):
              "completion": f"{i} + {i} = {2 * i}. \\boxed{{{2 * i}}}", "correct": True, "adherence": 0.5} for i in range(8)]
     pq.write_table(pa.Table.from_pylist(rows), filt.local / "sft.parquet")
     store.commit(filt, {})
-    return StageContext(run=run, store=store, inputs={"filter": filt}, progress=False)
+    return StageContext(run=run, store=store, stage="midtrain", inputs={"filter": filt}, progress=False)
 
 
 def test_sft_two_workers_zero2(ray_session, tiny_model, tmp_path):
@@ -44,7 +44,7 @@ def test_sft_two_workers_zero2(ray_session, tiny_model, tmp_path):
     ctx = _setup(tiny_model, tmp_path)
     store = ctx.store
     res = midtrain.run(ctx)
-    folder = store.artifact("midtrain", midtrain.key(ctx)).local
+    folder = ctx.artifact().local
     log = json.loads((folder / "train_log.json").read_text())
     assert log["world"] == 2 and log["grad_accum"] == 2 and log["examples"] == 8
     assert log["steps"] == res.figures["steps"] == 4  # 8 examples / (2 ranks x 1 x 2) x 2 epochs
@@ -52,7 +52,7 @@ def test_sft_two_workers_zero2(ray_session, tiny_model, tmp_path):
     trained = AutoModelForCausalLM.from_pretrained(folder / "model")
     base = AutoModelForCausalLM.from_pretrained(tiny_model)
     assert not torch.equal(trained.model.embed_tokens.weight, base.model.embed_tokens.weight)
-    ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints" / "midtrain" / midtrain.key(ctx)).iterdir())
+    ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints" / "midtrain" / ctx.key()).iterdir())
     assert ckpts == ["step_2", "step_4"]
     assert midtrain.run(ctx).skipped
 
@@ -63,7 +63,7 @@ def test_killed_sft_resumes_to_the_same_losses(ray_session, tiny_model, tmp_path
 
     clean = _setup(tiny_model, tmp_path / "clean")
     midtrain.run(clean)
-    reference = json.loads((clean.store.artifact("midtrain", midtrain.key(clean)).local / "train_log.json").read_text())
+    reference = json.loads((clean.artifact().local / "train_log.json").read_text())
 
     crashed = _setup(tiny_model, tmp_path / "crashed")
     monkeypatch.setenv("POLYA_CRASH_AFTER_STEP", "3")
@@ -71,7 +71,7 @@ def test_killed_sft_resumes_to_the_same_losses(ray_session, tiny_model, tmp_path
         midtrain.run(crashed)
     monkeypatch.delenv("POLYA_CRASH_AFTER_STEP")
     resumed = midtrain.run(crashed)
-    log = json.loads((crashed.store.artifact("midtrain", midtrain.key(crashed)).local / "train_log.json").read_text())
+    log = json.loads((crashed.artifact().local / "train_log.json").read_text())
     assert resumed.figures["steps"] == 4
     assert [r["step"] for r in log["log"]] == [1, 2, 3, 4]
     for a, b in zip(log["log"], reference["log"]):

@@ -21,7 +21,7 @@ def rollout(ray_session, tiny_model):
 
     cfg = EngineConfig(model=str(tiny_model), kind="vllm", dtype="float32", max_model_len=512,
                        served_name="tiny", enforce_eager=True)
-    handle = start_rollout(cfg.__dict__, http_port=PORT, max_tokens_limit=128, name="endpoint-test", route_prefix="/")
+    handle = start_rollout(cfg, http_port=PORT, max_tokens_limit=128, name="endpoint-test", route_prefix="/")
     yield handle
     serve.delete("endpoint-test")
 
@@ -90,7 +90,7 @@ def test_collective_sync_loads_the_same_weights_as_a_blob(rollout, tiny_model):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from polya.serve.launch import broadcast_weights_collective
+    from polya.rl.publisher import broadcast_weights_collective
 
     greedy = {"temperature": 0.0, "max_tokens": 12, "n": 1, "seed": None, "logprobs": True, "top_p": 1.0, "stop": []}
 
@@ -130,9 +130,10 @@ def test_dead_replica_is_replaced_and_batch_retried(rollout):
 def test_reward_score_endpoint(ray_session):
     from ray import serve
 
+    from polya.reward import ScorerConfig
     from polya.serve.launch import start_reward
 
-    handle = start_reward({"kind": "embedding"}, http_port=PORT)
+    handle = start_reward(ScorerConfig(), http_port=PORT)
     try:
         text = "Start from the end: the final amount is 20, so before doubling it was 10, and before that 13."
         r = httpx.post(f"http://127.0.0.1:{PORT}/score", timeout=60, json={"items": [

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import copy
+import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from polya_operator.children import LABEL_RUN, child_name, rayjob, stage_gpus
+from polya_operator.children import LABEL_RUN, child_name, rayjob
 from polya_operator.reconcile import Observed, backoff, reconcile
-from polya.spec import PolyaRunSpec
+from polya.recipe import STAGES, Stage
+from polya.spec import PolyaRunSpec, StageStatus
 
 T0 = datetime(2026, 11, 24, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -64,6 +66,56 @@ def test_success_advances_and_idempotent_when_nothing_changed(run):
     assert st["base/evaluate"]["phase"] == "Succeeded" and st["base/evaluate"]["figures"] == {"pass@1": 12.5}
     assert st["base/evaluate"]["artifactUri"] == "/runs/r/evaluate/abc"
     assert st["polya/selfgen"]["phase"] == "Running" and d.status["currentStage"] == "polya/selfgen"
+
+
+def test_finished_names_the_stages_that_succeeded_in_this_pass(run):
+    first = step(run, Observed()).create[1]
+    running = step(run, Observed(rayjobs={first["metadata"]["name"]: first}, configmap=True))
+    assert running.finished == []
+    d = step(run, Observed(rayjobs={first["metadata"]["name"]: finish(first)}, configmap=True))
+    assert [type(s) for s in d.finished] == [StageStatus]
+    assert [s.name for s in d.finished] == ["base/evaluate"]
+    assert d.finished[0].phase == "Succeeded" and d.finished[0].startTime and d.finished[0].finishTime
+    # the next pass sees the same (finished) job: nothing finishes again
+    again = step(run, Observed(rayjobs={first["metadata"]["name"]: finish(first)}, configmap=True))
+    assert again.finished == []
+
+
+def _nulls(value, path="status"):
+    if isinstance(value, dict):
+        return [n for k, v in value.items() for n in _nulls(v, f"{path}.{k}")]
+    if isinstance(value, list):
+        return [n for i, v in enumerate(value) for n in _nulls(v, f"{path}[{i}]")]
+    return [path] if value is None else []
+
+
+def test_status_dump_is_idempotent(run):
+    """What the API server holds after a patch (a JSON round trip of the decision's status) reconciles to
+    the same status dict when nothing changed, so the operator patches once and then stops."""
+
+    def stable(observed, now):
+        d = reconcile(run, observed, now)
+        assert _nulls(d.status) == []  # a merge patch would delete a null: never send one
+        run["status"] = json.loads(json.dumps(d.status))
+        assert run["status"] == d.status
+        for later in (now, now + timedelta(seconds=1)):
+            assert reconcile(run, observed, later).status == d.status
+        return d
+
+    first = stable(Observed(), T0).create[1]
+    name = first["metadata"]["name"]
+    stable(Observed(rayjobs={name: first}, configmap=True), T0)  # running
+    results = {"base/evaluate": {"artifactUri": "/runs/r/evaluate/abc", "figures": {"pass@1": 12.5}}}
+    stable(Observed(rayjobs={name: finish(first)}, configmap=True, results=results), T0 + timedelta(seconds=5))
+    stages = {s["name"]: s for s in run["status"]["stages"]}
+    assert stages["base/evaluate"]["figures"] == {"pass@1": 12.5} and stages["polya/selfgen"]["figures"] == {}
+    jobs = {name: finish(first)}
+    for _ in range(10):  # to the end: every stage succeeds, currentStage is cleared
+        d = stable(Observed(rayjobs=jobs, configmap=True), T0 + timedelta(seconds=9))
+        jobs.update({o["metadata"]["name"]: finish(o) for o in d.create if o["kind"] == "RayJob"})
+        if d.status["phase"] == "Succeeded":
+            break
+    assert d.status["phase"] == "Succeeded" and "currentStage" not in d.status
 
 
 def test_failure_retries_with_backoff_then_fails_the_run(run):
@@ -123,7 +175,7 @@ def test_all_succeeded_and_serve_creates_rayservice(run):
                 jobs[obj["metadata"]["name"]] = finish(obj)
         if d.status["phase"] == "Succeeded":
             break
-    assert d.status["phase"] == "Succeeded" and d.status["currentStage"] is None
+    assert d.status["phase"] == "Succeeded" and d.status.get("currentStage") is None
     assert [o["kind"] for o in d.create] == ["RayService"]
     assert d.create[0]["metadata"]["name"] == "r-serve"
     assert len(jobs) == 7
@@ -142,7 +194,7 @@ def test_gpu_requests_and_placement(run):
     run["spec"]["cluster"] = {"nodeSelector": {"pool": "h100"}, "gpuResource": "nvidia.com/gpu",
                               "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}
     spec = PolyaRunSpec.model_validate(run["spec"])
-    assert stage_gpus(spec, "grpo") == (6, 1)
+    assert STAGES[Stage.GRPO].accelerators(spec) == (6, 1)
     job = rayjob(run, spec, "polya", "grpo", 1, __import__("polya_operator.children", fromlist=["Defaults"]).Defaults())
     group = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
     assert group["replicas"] == 6

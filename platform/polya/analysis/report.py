@@ -12,78 +12,55 @@ from typing import Any
 
 import yaml
 
-from polya.analysis.plots import _plt, plot_pass_at_k
-
-ARM_LABELS = {"base": "base model", "polya-sft": "mid-trained (SFT)", "polya": "Polya (SFT + GRPO)",
-              "vanilla": "vanilla GRPO", "star": "STaR + GRPO"}
+from polya.analysis.plots import plot_bar_pairs, plot_pass_at_k, plot_rewards
+from polya.recipe import ARMS, BEFORE_RL_ARMS, MAIN_ARM, Arm, PlannedStage, Stage
 
 
-def _bar(values: dict[str, tuple[float, float]], path: Path, title: str, labels: tuple[str, str]) -> Path:
-    plt = _plt()
-    names = list(values)
-    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(names) + 2), 3.8), dpi=120)
-    xs = range(len(names))
-    ax.bar([x - 0.2 for x in xs], [values[n][0] for n in names], width=0.4, label=labels[0])
-    ax.bar([x + 0.2 for x in xs], [values[n][1] for n in names], width=0.4, label=labels[1])
-    ax.set_xticks(list(xs))
-    ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
-    ax.set_ylim(0, 1)
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    ax.grid(True, axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+def _label(arm: str) -> str:
+    return ARMS[Arm(arm)].label
 
 
-def build_report(run, results: dict[str, Any], out_dir: Path) -> Path:
-    """``results``: step key ("arm/stage") -> {"artifact": local folder, "figures": {...}, "seconds": float|None}."""
-    from polya.stages.grpo import plot_rewards
+def _headline(ev: dict) -> dict[str, float]:
+    """The benchmark average of an eval.json, or its only benchmark."""
+    table = ev["pass_at_k"]
+    return table.get("average") or next(iter(table.values()))
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    spec = run.spec
-    evals = {key.split("/")[0]: json.loads((Path(r["artifact"]) / "eval.json").read_text())
-             for key, r in results.items() if key.endswith("/evaluate")}
-    ks = spec.evaluation.k
+
+def _plots(results: dict[str, Any], evals: dict[str, dict], out_dir: Path) -> list[tuple[str, str]]:
     plots: list[tuple[str, str]] = []
-
-    # pass@k: one line per arm (the benchmark average, or the only benchmark)
-    curves = {}
-    for arm, ev in evals.items():
-        table = ev["pass_at_k"]
-        row = table.get("average") or next(iter(table.values()))
-        curves[ARM_LABELS.get(arm, arm)] = {int(k): v for k, v in row.items()}
+    curves = {_label(arm): {int(k): v for k, v in _headline(ev).items()} for arm, ev in evals.items()}
     if curves:
         plot_pass_at_k(curves, out_dir / "passk.png", title="pass@k by model")
         plots.append(("pass@k against k", "passk.png"))
-    grpo_key = next((k for k in results if k == "polya/grpo"), None)
-    if grpo_key:
+    grpo_key, filter_key = PlannedStage(MAIN_ARM, Stage.GRPO).key, PlannedStage(MAIN_ARM, Stage.FILTER).key
+    if grpo_key in results:
         rows = json.loads((Path(results[grpo_key]["artifact"]) / "steps.json").read_text())
         plot_rewards(rows, out_dir / "grpo_reward.png")
         plots.append(("GRPO reward curve", "grpo_reward.png"))
-    if "polya/filter" in results:
-        per_h = json.loads((Path(results["polya/filter"]["artifact"]) / "per_heuristic.json").read_text())
-        _bar({h: (d["pass_rate"], d["keep_rate"]) for h, d in per_h.items()}, out_dir / "heuristics.png",
-             "per-heuristic pass and keep rates", ("pass rate", "keep rate"))
+    if filter_key in results:
+        per_h = json.loads((Path(results[filter_key]["artifact"]) / "per_heuristic.json").read_text())
+        plot_bar_pairs({h: (d["pass_rate"], d["keep_rate"]) for h, d in per_h.items()}, out_dir / "heuristics.png",
+                       "per-heuristic pass and keep rates", ("pass rate", "keep rate"))
         plots.append(("per-heuristic pass and keep rates", "heuristics.png"))
-    comp = {ARM_LABELS.get(a, a): ev["composition"]["rate"] for a, ev in evals.items() if ev.get("composition")}
+    comp = {arm: ev["composition"]["rate"] for arm, ev in evals.items() if ev.get("composition")}
     if comp:
-        before = comp.get(ARM_LABELS["polya-sft"], comp.get(ARM_LABELS["base"], 0.0))
-        after = comp.get(ARM_LABELS["polya"], 0.0)
-        _bar({"composition rate": (before, after)}, out_dir / "composition.png",
-             "chains combining >= 2 heuristics", ("before RL", "after RL"))
+        before = next((comp[a] for a in BEFORE_RL_ARMS if a in comp), 0.0)
+        plot_bar_pairs({"composition rate": (before, comp.get(MAIN_ARM, 0.0))}, out_dir / "composition.png",
+                       "chains combining >= 2 heuristics", ("before RL", "after RL"))
         plots.append(("composition rate before and after RL", "composition.png"))
+    return plots
 
+
+def _markdown(run, results: dict[str, Any], evals: dict[str, dict], plots: list[tuple[str, str]]) -> str:
+    spec, ks = run.spec, run.spec.evaluation.k
+    arms = ", ".join(str(a.name) for a in ARMS.values() if a.starts_from is None and a.enabled(spec))
     md = [f"# Polya run `{run.metadata.name}`", "",
           f"Model `{spec.model.name}`, dataset `{spec.dataset.source}`, "
-          f"{len(spec.heuristics.selected_ids())} heuristics, arms: base, polya"
-          + "".join(f", {b}" for b in spec.baselines) + ".", "", "## pass@k", "",
+          f"{len(spec.heuristics.selected_ids())} heuristics, arms: {arms}.", "", "## pass@k", "",
           "| model | " + " | ".join(f"pass@{k}" for k in ks) + " |", "|---|" + "---:|" * len(ks)]
     for arm, ev in evals.items():
-        table = ev["pass_at_k"]
-        row = table.get("average") or next(iter(table.values()))
-        md.append(f"| {ARM_LABELS.get(arm, arm)} | " + " | ".join(f"{row[str(k)]:.2f}" for k in ks) + " |")
+        row = _headline(ev)
+        md.append(f"| {_label(arm)} | " + " | ".join(f"{row[str(k)]:.2f}" for k in ks) + " |")
     md += ["", "## Stages", "", "| step | time | figures |", "|---|---:|---|"]
     for key, r in results.items():
         secs = "cached" if r.get("seconds") is None else f"{r['seconds']:.0f} s"
@@ -93,7 +70,19 @@ def build_report(run, results: dict[str, Any], out_dir: Path) -> Path:
     md += ["", "## Configuration", "", "```yaml",
            yaml.safe_dump(run.model_dump(mode="json", exclude_none=True, exclude={"status"}), sort_keys=False).rstrip(),
            "```", ""]
-    text = "\n".join(md)
+    return "\n".join(md)
+
+
+def build_report(run, results: dict[str, Any], out_dir: Path) -> Path:
+    """``results``: step key ("arm/stage") -> {"artifact": local folder, "figures": {...}, "seconds": float|None}."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    evals = {}
+    for key, r in results.items():
+        step = PlannedStage.parse(key)
+        if step.stage == Stage.EVALUATE:
+            evals[str(step.arm)] = json.loads((Path(r["artifact"]) / "eval.json").read_text())
+    plots = _plots(results, evals, out_dir)
+    text = _markdown(run, results, evals, plots)
     (out_dir / "report.md").write_text(text)
     (out_dir / "report.html").write_text(_html(run.metadata.name, text))
     (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))

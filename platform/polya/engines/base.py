@@ -10,7 +10,10 @@ process group (`polya.rl.weight_sync`: NCCL on GPUs, CUDA IPC on the learner's o
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from polya.spec import EngineSpec, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,22 @@ class EngineConfig:
         if self.kind != "auto":
             return self.kind
         return "vllm" if vllm_available() else "transformers"
+
+    @classmethod
+    def from_spec(cls, model: "ModelSpec", block: "EngineSpec", path: str, seed: int,
+                  served_name: str | None = None) -> "EngineConfig":
+        """The engine of one spec block (a stage's rollout, evaluation or judge engines) for the model at
+        ``path``: the model block says dtype and context length, ``block`` the backend and its share of a GPU."""
+        return cls(model=path, kind=block.engine, dtype=model.dtype, max_model_len=model.maxModelLen,
+                   max_num_seqs=block.maxNumSeqs, seed=seed, served_name=served_name or path,
+                   enforce_eager=block.gpusPerReplica == 0,
+                   gpu_memory_utilization=gpu_memory_share(block.gpusPerReplica))
+
+
+def gpu_memory_share(gpus_per_replica: float, full: float = 0.85) -> float:
+    """vLLM's ``gpu_memory_utilization`` for a replica holding ``gpus_per_replica`` of a GPU: a replica on half
+    a card (a one-GPU box whose learner takes the other half) may take half of what a whole card allows."""
+    return full * min(1.0, gpus_per_replica) if gpus_per_replica > 0 else full
 
 
 def create_engine(cfg: EngineConfig) -> Engine:

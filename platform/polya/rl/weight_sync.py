@@ -11,7 +11,7 @@ GPU detected", seen on the lent H200). It takes the buckets through CUDA IPC ins
 shares each packed bucket's memory (`torch.multiprocessing`'s CUDA IPC handles, through the store), the
 receiver maps and loads it without a copy through the host, as OpenRLHF does for colocated engines.
 
-One sync, for weight version ``v`` (`polya.serve.launch.broadcast_weights_collective` drives it):
+One sync, for weight version ``v`` (`polya.rl.publisher.broadcast_weights_collective` drives it):
 
 1. the learner hosts a TCPStore and describes the tensors once (`plan`: names, shapes, dtypes, and
    buckets of at most ``bucket_mb`` that are flattened into one buffer each: one collective per bucket

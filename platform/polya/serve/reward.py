@@ -8,7 +8,7 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field
 from ray import serve
 
-from polya.reward import ScoreItem, create_scorer
+from polya.reward import ScoreItem, ScorerConfig, create_scorer
 
 api = FastAPI(title="Polya reward model", version="v1")
 
@@ -40,8 +40,8 @@ class ScoreRequest(BaseModel):
 @serve.deployment(name="reward", max_ongoing_requests=64)
 @serve.ingress(api)
 class RewardServer:
-    def __init__(self, scorer_cfg: dict[str, Any]):
-        self.kind = scorer_cfg.get("kind", "embedding")
+    def __init__(self, scorer_cfg: ScorerConfig):
+        self.kind = scorer_cfg.kind
         self.scorer = create_scorer(scorer_cfg)
 
     async def score(self, items: list[dict[str, str]]) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Ray Serve rollout app: replicas each holding an Engine, a handle API for stages and the OpenAI API.
 
-Handle API (stages, learners):  ``await handle.generate.remote(prompts, sampling_dict)`` → per prompt a
+Handle API (stages, learners):  ``await handle.generate.remote(prompts, Sampling(...))`` (or its dict) → per prompt a
 list of completion dicts (text, token_ids, logprobs, finish_reason, prompt_tokens);
 ``handle.update_weights.remote(blob)``; ``handle.join_weight_group.remote(group)`` (the collective path
 of `polya.rl.weight_sync`); ``handle.info.remote()``.
@@ -79,8 +79,8 @@ def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
 @serve.deployment(name="rollout", max_ongoing_requests=256, health_check_period_s=10)
 @serve.ingress(api)
 class RolloutServer:
-    def __init__(self, engine_cfg: dict[str, Any], max_tokens_limit: int = 4096, max_n: int = 64):
-        self.cfg = EngineConfig(**engine_cfg)
+    def __init__(self, engine_cfg: EngineConfig, max_tokens_limit: int = 4096, max_n: int = 64):
+        self.cfg = engine_cfg
         self.engine = create_engine(self.cfg)
         self.max_tokens_limit = max_tokens_limit
         self.max_n = max_n
@@ -92,8 +92,8 @@ class RolloutServer:
         self._receiving: set = set()  # background receive tasks (a reference keeps them alive)
 
     # ------------------------------------------------------------------ handle API
-    async def generate(self, prompts: list[str], sampling: dict[str, Any]) -> list[list[dict[str, Any]]]:
-        s = Sampling.from_dict(sampling)
+    async def generate(self, prompts: list[str], sampling: Sampling | dict[str, Any]) -> list[list[dict[str, Any]]]:
+        s = sampling if isinstance(sampling, Sampling) else Sampling.from_dict(sampling)
         groups = await self.engine.generate(list(prompts), s)
         self.requests += len(prompts)
         self.tokens_out += sum(len(c.token_ids) for g in groups for c in g)
@@ -112,7 +112,7 @@ class RolloutServer:
         self.version = version if version is not None else self.version + 1
         return {"replica": self.replica_id, "tensors": n, "version": self.version, "skipped": False}
 
-    async def join_weight_group(self, group: dict[str, Any]) -> dict[str, Any]:
+    async def join_weight_group(self, group: Any) -> dict[str, Any]:
         """Claim a rank in the learner's weight-sync group for ``group['version']`` and start receiving in
         the background; answers at once (the learner broadcasts once every replica has joined). A replica
         asked again for a version it joined, or whose group is already full, answers ``rank: None``."""
@@ -120,7 +120,7 @@ class RolloutServer:
 
         from polya.rl.weight_sync import GroupSpec, claim_rank, open_store
 
-        spec = GroupSpec.from_dict(group)
+        spec = group if isinstance(group, GroupSpec) else GroupSpec.from_dict(group)
         if spec.version <= self._joined:
             return {"replica": self.replica_id, "rank": None}
         store = await asyncio.to_thread(open_store, spec.host, spec.port, False, spec.timeout_s)
@@ -128,18 +128,19 @@ class RolloutServer:
         if rank is None:
             return {"replica": self.replica_id, "rank": None}
         self._joined = spec.version
-        task = asyncio.create_task(self._receive(spec, store, rank, group))
+        task = asyncio.create_task(self._receive(spec, store, rank))
         self._receiving.add(task)
         task.add_done_callback(self._receiving.discard)
         return {"replica": self.replica_id, "rank": rank}
 
-    async def _receive(self, spec, store, rank: int, group: dict[str, Any]) -> None:
+    async def _receive(self, spec, store, rank: int) -> None:
         import asyncio
 
         from polya.rl.weight_sync import report
 
         try:
-            await self.engine.receive_weights(group, rank)
+            # plain data from here on: the vLLM engine hands it to its worker processes
+            await self.engine.receive_weights(spec.to_dict(), rank)
             self.version = spec.version
             await asyncio.to_thread(report, store, spec, rank)
         except Exception as exc:  # noqa: BLE001 - the learner waits on the store: tell it why

@@ -1,4 +1,5 @@
-"""What the stages share: their context, the rollout service, batched generation with progress."""
+"""What the stages share: their context (typed settings, inputs, cache key), the rollout service, batched
+generation with progress."""
 from __future__ import annotations
 
 import asyncio
@@ -11,62 +12,71 @@ from typing import Any, Iterator
 
 from polya.artifacts import Artifact, ArtifactStore
 from polya.engines.base import EngineConfig, Sampling
-from polya.spec import PolyaRun, RolloutSpec
+from polya.recipe import ARMS, STAGES, Arm, ArmDef, Stage, StageDef, cache_key
+from polya.spec import EngineSpec, PolyaRun
 
-log = logging.getLogger("polya")
+log = logging.getLogger(__package__.split(".")[0])
+
+
+@dataclass
+class StageResult:
+    artifact_uri: str
+    figures: dict[str, float] = field(default_factory=dict)
+    skipped: bool = False  # the artifact already existed (content-addressed resume)
 
 
 @dataclass
 class StageContext:
+    """One step (arm, stage) of a run: its typed settings, its input artifacts, where its output goes."""
+
     run: PolyaRun
     store: ArtifactStore
-    arm: str = "polya"
+    stage: StageDef | Stage | str
+    arm: ArmDef | Arm | str = Arm.POLYA
     inputs: dict[str, Artifact] = field(default_factory=dict)
     http_port: int = 8000
     progress: bool = field(default_factory=lambda: sys.stderr.isatty())
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.stage, StageDef):
+            self.stage = STAGES[Stage(self.stage)]
+        if not isinstance(self.arm, ArmDef):
+            self.arm = ARMS[Arm(self.arm)]
 
-def begin_stage(ctx: StageContext, stage: str, key: str):
-    """(artifact, cached result): the cached result when the stage already completed, else a clean folder."""
-    from polya.stages import StageResult
+    @property
+    def settings(self) -> Any:
+        """This stage's own section of the spec (typed)."""
+        return self.stage.settings(self.run.spec)
 
-    art = ctx.store.artifact(stage, key)
-    if art.exists():
-        return art, StageResult(art.uri, art.manifest()["figures"], skipped=True)
-    ctx.store.begin(art)
-    return art, None
+    def key(self) -> str:
+        ids = {slot: f"{art.stage}:{art.key}" for slot, art in self.inputs.items()}
+        return cache_key(self.stage, self.run.spec, self.arm, ids)
 
+    def artifact(self) -> Artifact:
+        return self.store.artifact(self.stage.name, self.key())
 
-def engine_config(run: PolyaRun, model_path: str, block: RolloutSpec, served_name: str | None = None) -> EngineConfig:
-    return EngineConfig(
-        model=model_path,
-        kind=block.engine,
-        dtype=run.spec.model.dtype,
-        max_model_len=run.spec.model.maxModelLen,
-        max_num_seqs=block.maxNumSeqs,
-        seed=run.spec.seed,
-        served_name=served_name or model_path,
-        enforce_eager=block.gpusPerReplica == 0,
-        gpu_memory_utilization=gpu_memory_share(block.gpusPerReplica),
-    )
+    def begin(self) -> tuple[Artifact, StageResult | None]:
+        """(artifact, cached result): the cached result when the step already completed, else a clean folder."""
+        art = self.artifact()
+        if art.exists():
+            return art, StageResult(art.uri, art.manifest()["figures"], skipped=True)
+        self.store.begin(art)
+        return art, None
 
-
-def gpu_memory_share(gpus_per_replica: float, full: float = 0.85) -> float:
-    """vLLM's ``gpu_memory_utilization`` for a replica holding ``gpus_per_replica`` of a GPU: a replica on half
-    a card (a one-GPU box whose learner takes the other half) may take half of what a whole card allows."""
-    return full * min(1.0, gpus_per_replica) if gpus_per_replica > 0 else full
+    def engine(self, block: EngineSpec, model_path: str, served_name: str | None = None) -> EngineConfig:
+        return EngineConfig.from_spec(self.run.spec.model, block, model_path, self.run.spec.seed, served_name)
 
 
 @contextlib.contextmanager
-def rollout_service(ctx: StageContext, cfg: EngineConfig, replicas: int, gpus: float, name: str) -> Iterator[Any]:
-    """The rollout app for one model, up for the duration of a stage."""
+def rollout_service(ctx: StageContext, cfg: EngineConfig, block: EngineSpec, name: str) -> Iterator[Any]:
+    """The rollout app for one model, up for the duration of a stage (``block``: replicas and GPUs)."""
     from ray import serve
 
     from polya.serve.launch import start_rollout
 
     t0 = time.perf_counter()
-    handle = start_rollout(cfg.__dict__, replicas=replicas, gpus_per_replica=gpus, http_port=ctx.http_port,
-                           name=name, route_prefix=f"/{name}")
+    handle = start_rollout(cfg, replicas=block.replicas, gpus_per_replica=block.gpusPerReplica,
+                           http_port=ctx.http_port, name=name, route_prefix=f"/{name}")
     log.info("rollout app %s up in %.1fs (%s)", name, time.perf_counter() - t0, cfg.resolved_kind())
     try:
         yield handle
@@ -89,7 +99,7 @@ async def generate_all(handle, prompts: list[str], sampling: Sampling, *, chunk:
     async def one(start: int) -> None:
         async with sem:
             part = prompts[start : start + chunk]
-            out = await call_with_retry(handle.generate, part, sampling.to_dict())
+            out = await call_with_retry(handle.generate, part, sampling)
             results[start : start + len(part)] = out
             bar.update(len(part))
 

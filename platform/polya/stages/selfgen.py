@@ -13,28 +13,9 @@ from polya.data import load_questions
 from polya.engines.base import Sampling
 from polya.heuristics import render_prompt, select
 from polya.models import resolve
-from polya.stages import StageResult
-from polya.stages.common import StageContext, begin_stage, engine_config, generate_all, log, rollout_service, run_async
-from polya.artifacts import stage_key
+from polya.stages.common import StageContext, StageResult, generate_all, log, rollout_service, run_async
 
 NO_HEURISTIC = "none"
-_RESOURCE_FIELDS = {"replicas", "gpusPerReplica", "maxNumSeqs", "engine"}
-
-
-def spec_slice(ctx: StageContext) -> dict:
-    s = ctx.run.spec
-    return {
-        "model": s.model.model_dump(),
-        "dataset": s.dataset.model_dump(),
-        "heuristics": None if ctx.arm == "star" else s.heuristics.selected_ids(),
-        "fewShot": s.heuristics.fewShot,
-        "gen": s.selfGeneration.model_dump(exclude=_RESOURCE_FIELDS | {"inputUri"}),
-        "seed": s.seed,
-    }
-
-
-def key(ctx: StageContext) -> str:
-    return stage_key("selfgen", spec_slice(ctx))
 
 
 def run(ctx: StageContext) -> StageResult:
@@ -43,8 +24,8 @@ def run(ctx: StageContext) -> StageResult:
     from transformers import AutoTokenizer
 
     spec = ctx.run.spec
-    gen = spec.selfGeneration
-    art, cached = begin_stage(ctx, "selfgen", key(ctx))
+    gen = ctx.settings
+    art, cached = ctx.begin()
     if cached:
         return cached
     out_dir = art.local
@@ -52,15 +33,15 @@ def run(ctx: StageContext) -> StageResult:
     questions, report = load_questions(spec.dataset)
     if report.rejected:
         log.warning("dataset: %s", report.summary())
-    heuristics = [None] if ctx.arm == "star" else select(spec.heuristics.count, spec.heuristics.names)
+    heuristics = [None] if ctx.arm.heuristic_free else select(spec.heuristics.count, spec.heuristics.names)
     model_path = resolve(spec.model.name)
     tok = AutoTokenizer.from_pretrained(model_path)
     jobs = [(q, h) for q in questions for h in heuristics]
     prompts = [render_prompt(tok, q.question, h, few_shot=spec.heuristics.fewShot) for q, h in jobs]
     sampling = Sampling(temperature=gen.temperature, top_p=gen.topP, max_tokens=gen.maxTokens,
                         n=gen.samplesPerHeuristic, seed=spec.seed, logprobs=False)  # unused: ~15% faster
-    cfg = engine_config(ctx.run, model_path, gen, served_name=spec.model.name)
-    with rollout_service(ctx, cfg, gen.replicas, gen.gpusPerReplica, name=f"selfgen-{ctx.arm}") as handle:
+    cfg = ctx.engine(gen, model_path, served_name=spec.model.name)
+    with rollout_service(ctx, cfg, gen, name=f"{ctx.stage.name}-{ctx.arm.name}") as handle:
         groups, wall = run_async(generate_all(handle, prompts, sampling, desc="self-generation",
                                               progress=ctx.progress, concurrency=2 * gen.replicas))
 
@@ -84,7 +65,7 @@ def run(ctx: StageContext) -> StageResult:
         "truncated_ratio": sum(r["finish_reason"] == "length" for r in rows) / max(1, len(rows)),
         "bad_rows": report.rejected,
     }
-    metrics.TOKENS_GENERATED.labels("selfgen").inc(tokens)
-    metrics.TOKENS_PER_SECOND.labels("selfgen").set(figures["tokens_per_s"])
+    metrics.TOKENS_GENERATED.labels(ctx.stage.name).inc(tokens)
+    metrics.TOKENS_PER_SECOND.labels(ctx.stage.name).set(figures["tokens_per_s"])
     ctx.store.commit(art, figures)
     return StageResult(art.uri, figures)
