@@ -69,7 +69,7 @@ def ray_session():
 
 @pytest.fixture(scope="session")
 def kube(tmp_path_factory):
-    """Kubeconfig of a real local API server with Polya's and KubeRay's CRDs installed."""
+    """Kubeconfig of a real local API server with KubeRay's CRDs and Polya's chart installed by `helm install`."""
     import kube as K
     from kubernetes import client, config
 
@@ -80,7 +80,21 @@ def kube(tmp_path_factory):
     kubeconfig = K.start(state)
     try:
         api = config.new_client_from_config(str(kubeconfig))
-        K.install_crds(api)
+        K.install_crds(api, polya=False)  # KubeRay is a prerequisite the chart does not install
+        K.install_chart(api, kubeconfig)  # Polya's CRD (the CEL-free copy on 1.20), RBAC, operator, dashboard
         yield kubeconfig
     finally:
         K.stop(state)
+
+
+def build_image(target: str) -> str:
+    """The image `make images` builds for ``target`` (tools/images/build.sh: podman, cached by content key);
+    returns its local tag."""
+    import subprocess
+
+    out = subprocess.run(["bash", str(REPO / "tools/images/build.sh"), target], capture_output=True, text=True,
+                         timeout=3600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    built, tag, name, _size, _unit = out.stdout.strip().splitlines()[-1].split()
+    assert built == target and name.startswith("ghcr.io/polya-dev/")
+    return tag

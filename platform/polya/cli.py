@@ -46,19 +46,20 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_crd(args: argparse.Namespace) -> int:
     from polya import crd
 
-    text = crd.render_crd()
-    targets = [Path(args.path)] + ([crd.HELM_CRD_PATH] if args.path == str(crd.CRD_PATH) else [])
+    files = crd.rendered_files() if args.path == str(crd.CRD_PATH) else {Path(args.path): crd.render_crd()}
+    targets = list(files)
+    text = files[targets[0]]
     if args.check:
-        stale = [t for t in targets if not t.exists() or t.read_text() != text]
+        stale = [t for t in targets if not t.exists() or t.read_text() != files[t]]
         for t in stale:
             console.print(f"[red]✗[/] {t} is out of date with platform/polya/spec.py; run `polya crd --write`")
         if not stale:
             out.print(f"[green]✓[/] {', '.join(map(str, targets))} match the models")
         return 1 if stale else 0
     if args.write:
-        for target in targets:
+        for target, content in files.items():
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text)
+            target.write_text(content)
             out.print(f"wrote {target}")
         return 0
     sys.stdout.write(text)

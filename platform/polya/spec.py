@@ -229,7 +229,12 @@ class ClusterSpec(_Model):
     rayVersion: str = Field(default="2.60.0", description="Ray version of the image.")
     cpusPerWorker: Annotated[float, Field(gt=0)] = Field(default=8, description="CPU request per Ray worker pod.")
     memoryPerWorker: str = Field(default="32Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$")
-    gpuResource: str = Field(default="nvidia.com/gpu", description="Extended resource name of a GPU.")
+    gpuResource: str | None = Field(
+        default=None, description="Extended resource name of a GPU (default: the operator's, nvidia.com/gpu unless "
+        "the chart's stages.gpuResource says otherwise).")
+    imagePullSecrets: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list, description="Secrets in the run's namespace that stage pods pull their image with "
+        "(added to the operator's stages.imagePullSecrets).")
     nodeSelector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
     serviceAccountName: str | None = None
