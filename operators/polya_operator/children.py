@@ -16,14 +16,14 @@ from typing import Any
 import yaml
 
 from polya.recipe import STAGES, Stage
-from polya.spec import PolyaRunSpec
+from polya.spec import RESERVED_MOUNT, RESERVED_VOLUME, PolyaRunSpec
 
 RUN_GROUP, RUN_VERSION, RUN_PLURAL, RUN_KIND = "polya.dev", "v1alpha1", "polyaruns", "PolyaRun"
 RAY_GROUP, RAY_VERSION = "ray.io", "v1"
 LABEL_RUN = "polya.dev/run"
 LABEL_STEP = "polya.dev/step"
 LABEL_ATTEMPT = "polya.dev/attempt"
-SPEC_MOUNT = "/etc/polya"
+SPEC_MOUNT = RESERVED_MOUNT  # the run's manifest, from the <run>-spec ConfigMap
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,20 @@ def _container(spec: PolyaRunSpec, defaults: Defaults, cpu: str, memory: str, gp
         "image": spec.cluster.image or defaults.image,
         "imagePullPolicy": defaults.image_pull_policy,
         "resources": {"requests": dict(limits), "limits": limits},
-        "volumeMounts": [{"name": "polya-spec", "mountPath": SPEC_MOUNT, "readOnly": True}],
+        "volumeMounts": [{"name": RESERVED_VOLUME, "mountPath": SPEC_MOUNT, "readOnly": True}]
+        + [m.model_dump(exclude_none=True) for m in spec.cluster.volumeMounts],
+        **_environment(spec),
     }
+
+
+def _environment(spec: PolyaRunSpec) -> dict[str, Any]:
+    """The run's `cluster.env` / `cluster.envFrom` for the Ray container (values from Secrets stay there)."""
+    out: dict[str, Any] = {}
+    if spec.cluster.env:
+        out["env"] = [e.model_dump(exclude_none=True) for e in spec.cluster.env]
+    if spec.cluster.envFrom:
+        out["envFrom"] = [e.model_dump(exclude_none=True) for e in spec.cluster.envFrom]
+    return out
 
 
 def _pod_template(run: dict[str, Any], spec: PolyaRunSpec, defaults: Defaults, cpu: str, memory: str,
@@ -93,7 +105,8 @@ def _pod_template(run: dict[str, Any], spec: PolyaRunSpec, defaults: Defaults, c
     tolerations = [t.model_dump(exclude_none=True) for t in spec.cluster.tolerations] or list(defaults.tolerations)
     pod: dict[str, Any] = {
         "containers": [_container(spec, defaults, cpu, memory, gpus)],
-        "volumes": [{"name": "polya-spec", "configMap": {"name": configmap_name(run["metadata"]["name"])}}],
+        "volumes": [{"name": RESERVED_VOLUME, "configMap": {"name": configmap_name(run["metadata"]["name"])}}]
+        + [v.model_dump(exclude_none=True) for v in spec.cluster.volumes],
     }
     if spec.cluster.nodeSelector or defaults.node_selector:
         pod["nodeSelector"] = dict(spec.cluster.nodeSelector or defaults.node_selector)
@@ -119,7 +132,8 @@ def ray_cluster_spec(run: dict[str, Any], spec: PolyaRunSpec, stage: Stage | str
         "rayVersion": spec.cluster.rayVersion,
         "headGroupSpec": {
             "rayStartParams": {"dashboard-host": "0.0.0.0", "num-gpus": "0"},
-            "template": _pod_template(run, spec, defaults, defaults.head_cpu, defaults.head_memory, 0),
+            "template": _pod_template(run, spec, defaults, spec.cluster.headCpu or defaults.head_cpu,
+                                      spec.cluster.headMemory or defaults.head_memory, 0),
         },
         "workerGroupSpecs": [{
             "groupName": "gpu" if gpus_per_pod else "cpu",

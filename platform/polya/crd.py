@@ -75,6 +75,7 @@ def _structural(node: Any) -> Any:
                 node = merged
                 if len(options) > 1:
                     node["nullable"] = True
+    node.pop("title", None)  # a merged anyOf option brings its model's title
     if node.get("additionalProperties") is False:
         del node["additionalProperties"]
     if "const" in node:

@@ -222,13 +222,119 @@ class Toleration(_Model):
     tolerationSeconds: int | None = None
 
 
+Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|K|M|G|T)?$")]
+DnsLabel = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
+#: the volume the operator mounts the run's manifest from (SPEC_MOUNT): a run's own volumes cannot take it
+RESERVED_VOLUME, RESERVED_MOUNT = "polya-spec", "/etc/polya"
+
+
+def _exactly_one(model: BaseModel, fields: tuple[str, ...], what: str) -> None:
+    set_ = [f for f in fields if getattr(model, f) is not None]
+    if len(set_) != 1:
+        raise ValueError(f"{what} needs exactly one of {', '.join(fields)}; got {', '.join(set_) or 'none'}")
+
+
+class KeyRef(_Model):
+    name: str = Field(min_length=1, description="The Secret's or ConfigMap's name (in the run's namespace).")
+    key: str = Field(min_length=1)
+    optional: bool | None = None
+
+
+class EnvVarSource(_Model):
+    secretKeyRef: KeyRef | None = None
+    configMapKeyRef: KeyRef | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "EnvVarSource":
+        _exactly_one(self, ("secretKeyRef", "configMapKeyRef"), "env[].valueFrom")
+        return self
+
+
+class EnvVar(_Model):
+    """An environment variable of every stage pod: a literal value, or a key of a Secret/ConfigMap (tokens and
+    keys belong in Secrets, never in the PolyaRun)."""
+
+    name: str = Field(pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+    value: str | None = None
+    valueFrom: EnvVarSource | None = None
+
+    @model_validator(mode="after")
+    def _value_or_source(self) -> "EnvVar":
+        if self.value is not None and self.valueFrom is not None:
+            raise ValueError(f"env {self.name}: set value or valueFrom, not both")
+        return self
+
+
+class NamedRef(_Model):
+    name: str = Field(min_length=1)
+    optional: bool | None = None
+
+
+class EnvFromSource(_Model):
+    """Every key of a Secret or ConfigMap as environment variables (e.g. HF_TOKEN, AWS_ACCESS_KEY_ID)."""
+
+    prefix: str | None = None
+    secretRef: NamedRef | None = None
+    configMapRef: NamedRef | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "EnvFromSource":
+        _exactly_one(self, ("secretRef", "configMapRef"), "envFrom[]")
+        return self
+
+
+class PVCSource(_Model):
+    claimName: str = Field(min_length=1)
+    readOnly: bool | None = None
+
+
+class SecretVolumeSource(_Model):
+    secretName: str = Field(min_length=1)
+    optional: bool | None = None
+
+
+class ConfigMapVolumeSource(_Model):
+    name: str = Field(min_length=1)
+    optional: bool | None = None
+
+
+class EmptyDirSource(_Model):
+    medium: Literal["", "Memory"] | None = None
+    sizeLimit: Quantity | None = None
+
+
+class Volume(_Model):
+    """A volume of every stage pod: a PersistentVolumeClaim (shared storage, model caches), a Secret, a
+    ConfigMap or an emptyDir (e.g. Memory-backed /dev/shm for NCCL)."""
+
+    name: DnsLabel
+    persistentVolumeClaim: PVCSource | None = None
+    secret: SecretVolumeSource | None = None
+    configMap: ConfigMapVolumeSource | None = None
+    emptyDir: EmptyDirSource | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "Volume":
+        _exactly_one(self, ("persistentVolumeClaim", "secret", "configMap", "emptyDir"), f"volume {self.name}")
+        if self.name == RESERVED_VOLUME:
+            raise ValueError(f"volume name {RESERVED_VOLUME!r} is the operator's (the run's manifest): pick another")
+        return self
+
+
+class VolumeMount(_Model):
+    name: DnsLabel = Field(description="A volume of cluster.volumes.")
+    mountPath: str = Field(pattern=r"^/", description="Absolute path in the Ray container.")
+    readOnly: bool | None = None
+    subPath: str | None = None
+
+
 class ClusterSpec(_Model):
     """How stage RayJobs are placed on a cluster (ignored by the embedded runner)."""
 
     image: str | None = Field(default=None, description="Container image for Ray pods (operator default if empty).")
     rayVersion: str = Field(default="2.60.0", description="Ray version of the image.")
     cpusPerWorker: Annotated[float, Field(gt=0)] = Field(default=8, description="CPU request per Ray worker pod.")
-    memoryPerWorker: str = Field(default="32Gi", pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$")
+    memoryPerWorker: Quantity = "32Gi"
     gpuResource: str | None = Field(
         default=None, description="Extended resource name of a GPU (default: the operator's, nvidia.com/gpu unless "
         "the chart's stages.gpuResource says otherwise).")
@@ -238,6 +344,25 @@ class ClusterSpec(_Model):
     nodeSelector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
     serviceAccountName: str | None = None
+    headCpu: Quantity | None = Field(default=None, description="CPU of each Ray head pod (operator default: 2).")
+    headMemory: Quantity | None = Field(default=None, description="Memory of each Ray head pod (operator default: 8Gi).")
+    env: list[EnvVar] = Field(default_factory=list, description="Environment of every Ray container.")
+    envFrom: list[EnvFromSource] = Field(default_factory=list, description="Secrets/ConfigMaps as environment.")
+    volumes: list[Volume] = Field(default_factory=list, description="Volumes of every stage pod.")
+    volumeMounts: list[VolumeMount] = Field(default_factory=list, description="Where the Ray container mounts them.")
+
+    @model_validator(mode="after")
+    def _mounts_name_volumes(self) -> "ClusterSpec":
+        names = {v.name for v in self.volumes}
+        unknown = sorted({m.name for m in self.volumeMounts} - names)
+        if unknown:
+            raise ValueError(f"cluster.volumeMounts name volumes that cluster.volumes does not declare: {unknown}")
+        if len(names) != len(self.volumes):
+            raise ValueError("cluster.volumes declares a name twice")
+        clash = [m.mountPath for m in self.volumeMounts if m.mountPath.rstrip("/") == RESERVED_MOUNT]
+        if clash:
+            raise ValueError(f"{RESERVED_MOUNT} is where the operator mounts the run's manifest: mount elsewhere")
+        return self
 
 
 class SamplingSpec(_Model):

@@ -213,3 +213,57 @@ def test_operator_never_imports_torch():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+def test_cluster_env_secrets_and_volumes_reach_every_pod_of_every_rayjob(run):
+    """The paper-scale example's credentials (by Secret), caches (PVC, Memory emptyDir), pull secret and head
+    size reach the head and worker pods of every stage's RayJob, next to the operator's manifest mount;
+    the pods pass the Kubernetes schema (kubernetes-validate, 1.30)."""
+    import kubernetes_validate
+    import yaml as _yaml
+
+    from conftest import EXAMPLES
+    from polya_operator.children import Defaults
+
+    run["spec"]["cluster"] = _yaml.safe_load((EXAMPLES / "polya-run.yaml").read_text())["spec"]["cluster"]
+    spec = PolyaRunSpec.model_validate(run["spec"])
+    jobs = {}
+    for _ in range(12):  # every stage of the plan, each finishing at once
+        d = step(run, Observed(rayjobs=jobs, configmap=True))
+        for obj in d.create:
+            if obj["kind"] == "RayJob":
+                jobs[obj["metadata"]["name"]] = finish(obj)
+        if d.status["phase"] == "Succeeded":
+            break
+    assert len(jobs) == 7
+    for job in jobs.values():
+        cluster = job["spec"]["rayClusterSpec"]
+        heads = [cluster["headGroupSpec"]["template"]]
+        for template in heads + [g["template"] for g in cluster["workerGroupSpecs"]]:
+            pod = template["spec"]
+            kubernetes_validate.validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": pod},
+                                         "1.30", strict=True)
+            c = pod["containers"][0]
+            assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}} in c["env"]
+            assert c["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
+            assert [m["mountPath"] for m in c["volumeMounts"]] == ["/etc/polya", "/models", "/dev/shm"]
+            assert {v["name"] for v in pod["volumes"]} == {"polya-spec", "model-cache", "dshm"}
+            assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+        head = heads[0]["spec"]["containers"][0]["resources"]["limits"]
+        assert (head["cpu"], head["memory"]) == ("4", "16Gi")
+    assert spec.cluster.env[0].valueFrom.secretKeyRef.name == "hf-token"
+
+
+@pytest.mark.parametrize("cluster,field", [
+    ({"volumeMounts": [{"name": "nope", "mountPath": "/x"}]}, "volumeMounts"),
+    ({"volumes": [{"name": "a", "emptyDir": {}, "secret": {"secretName": "s"}}]}, "exactly one"),
+    ({"volumes": [{"name": "polya-spec", "emptyDir": {}}]}, "polya-spec"),
+    ({"volumes": [{"name": "v", "emptyDir": {}}], "volumeMounts": [{"name": "v", "mountPath": "/etc/polya"}]}, "/etc/polya"),
+    ({"env": [{"name": "A", "value": "1", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}, "not both"),
+    ({"envFrom": [{"prefix": "X_"}]}, "exactly one"),
+])
+def test_bad_cluster_settings_fail_the_run_with_the_field(run, cluster, field):
+    run["spec"]["cluster"] = cluster
+    d = step(run, Observed())
+    assert d.create == [] and d.status["phase"] == "Failed"
+    assert "spec.cluster" in d.status["message"] and field in d.status["message"]
