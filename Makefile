@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml requirements/cpu.lock
 	$(PY) -c "import torch, vllm, ray, deepspeed, transformers, math_verify, s3fs, kopf, polya"
 	touch $(STAMP)
 
-images: setup
+images:
 	@# the operator and CPU stage images (podman; POLYA_CONTAINER_ENGINE=docker for docker), cached by content
 	bash tools/images/build.sh operator stage-cpu
 

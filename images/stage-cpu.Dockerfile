@@ -5,7 +5,9 @@
 ARG BASE=docker.io/library/debian:bookworm-slim
 
 FROM ${BASE} AS build
-ARG PIP_EXTRA_INDEX_URL
+# the CPU torch build (torch==2.13.0+cpu) is on PyTorch's CPU index; the project's build script points this
+# at local mirrors where a machine has them
+ARG PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG PIP_FIND_LINKS
 ARG PIP_CERT
 RUN apt-get update \
@@ -32,10 +34,11 @@ RUN pip install --no-deps --no-build-isolation . \
  && find /opt/polya -name __pycache__ -prune -exec rm -rf {} +
 
 FROM ${BASE}
+# wget: KubeRay's default readiness/liveness probes of Ray pods call it
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 ca-certificates libgomp1 \
+ && apt-get install -y --no-install-recommends python3 ca-certificates libgomp1 wget \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/polya /opt/polya
-ENV PATH=/opt/polya/bin:$PATH PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 VLLM_CPU_KVCACHE_SPACE=4 RAY_AUTH_MODE=disabled
+ENV PATH=/opt/polya/bin:$PATH PYTHONUNBUFFERED=1 VLLM_CPU_KVCACHE_SPACE=4 RAY_AUTH_MODE=disabled
 WORKDIR /home/ray
 CMD ["polya", "--help"]

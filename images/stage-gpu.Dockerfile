@@ -28,10 +28,11 @@ RUN pip install --no-deps --no-build-isolation . \
  && find /opt/polya -name __pycache__ -prune -exec rm -rf {} +
 
 FROM ${BASE}
+# wget: KubeRay's default readiness/liveness probes of Ray pods call it
 # Triton (under vLLM and DeepSpeed) compiles small launchers with the system C compiler at run time:
 # gcc and the Python headers are run-time needs here, not build leftovers.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-dev gcc libc6-dev ca-certificates libgomp1 \
+ && apt-get install -y --no-install-recommends python3 python3-dev gcc libc6-dev ca-certificates libgomp1 wget \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/polya /opt/polya
 ENV PATH=/opt/polya/bin:$PATH PYTHONUNBUFFERED=1 RAY_AUTH_MODE=disabled

@@ -359,9 +359,11 @@ class ClusterSpec(_Model):
             raise ValueError(f"cluster.volumeMounts name volumes that cluster.volumes does not declare: {unknown}")
         if len(names) != len(self.volumes):
             raise ValueError("cluster.volumes declares a name twice")
-        clash = [m.mountPath for m in self.volumeMounts if m.mountPath.rstrip("/") == RESERVED_MOUNT]
-        if clash:
+        paths = [m.mountPath.rstrip("/") or "/" for m in self.volumeMounts]
+        if any(p == RESERVED_MOUNT or p.startswith(RESERVED_MOUNT + "/") for p in paths):
             raise ValueError(f"{RESERVED_MOUNT} is where the operator mounts the run's manifest: mount elsewhere")
+        if len(set(paths)) != len(paths):
+            raise ValueError("cluster.volumeMounts uses a mountPath twice")
         return self
 
 

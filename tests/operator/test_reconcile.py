@@ -259,6 +259,10 @@ def test_cluster_env_secrets_and_volumes_reach_every_pod_of_every_rayjob(run):
     ({"volumes": [{"name": "a", "emptyDir": {}, "secret": {"secretName": "s"}}]}, "exactly one"),
     ({"volumes": [{"name": "polya-spec", "emptyDir": {}}]}, "polya-spec"),
     ({"volumes": [{"name": "v", "emptyDir": {}}], "volumeMounts": [{"name": "v", "mountPath": "/etc/polya"}]}, "/etc/polya"),
+    ({"volumes": [{"name": "v", "emptyDir": {}}], "volumeMounts": [{"name": "v", "mountPath": "/etc/polya/x"}]},
+     "/etc/polya"),
+    ({"volumes": [{"name": "v", "emptyDir": {}}, {"name": "w", "emptyDir": {}}],
+      "volumeMounts": [{"name": "v", "mountPath": "/d"}, {"name": "w", "mountPath": "/d/"}]}, "twice"),
     ({"env": [{"name": "A", "value": "1", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}, "not both"),
     ({"envFrom": [{"prefix": "X_"}]}, "exactly one"),
 ])

@@ -51,13 +51,29 @@ def declared(*extras: str) -> set[str]:
 
 
 def imports(path: Path) -> set[str]:
+    """Modules ``path`` imports, absolute; ``from pkg import name`` also yields ``pkg.name`` (a submodule or
+    not: module_file sorts it out)."""
     names = set()
     for n in ast.walk(ast.parse(path.read_text())):
         if isinstance(n, ast.Import):
             names |= {a.name for a in n.names}
-        elif isinstance(n, ast.ImportFrom) and n.module and n.level == 0:
-            names.add(n.module)
+        elif isinstance(n, ast.ImportFrom):
+            module = n.module or ""
+            if n.level:  # relative: resolve against the file's package
+                base = _package_of(path).split(".")
+                base = base[: len(base) - (n.level - 1)]
+                module = ".".join(p for p in base + ([module] if module else []) if p)
+            if module:
+                names.add(module)
+                names |= {f"{module}.{a.name}" for a in n.names if a.name != "*"}
     return names
+
+
+def _package_of(path: Path) -> str:
+    for root in (PACKAGE.parent, OPERATOR.parent):
+        if path.is_relative_to(root):
+            return ".".join(path.parent.relative_to(root).parts)
+    return ""
 
 
 def module_file(name: str) -> Path | None:
@@ -126,6 +142,15 @@ def test_the_operator_role_reaches_no_data_plane_heavyweights():
     heavy = {"torch", "ray", "vllm", "transformers", "deepspeed"}
     assert {f.name: sorted(heavy & {n.split(".")[0] for n in imports(f)}) for f in files
             if heavy & {n.split(".")[0] for n in imports(f)}} == {}
+
+
+def test_from_imports_of_polya_modules_are_followed(tmp_path):
+    """`from polya import data` reaches polya/data.py (and its imports) as `import polya.data` does."""
+    planted = tmp_path / "planted.py"
+    planted.write_text("from polya import data\n")
+    reached = reached_files([planted])
+    assert PACKAGE / "data.py" in reached
+    assert any("imports pyarrow" in p for p in undeclared(reached, declared("operator"), "operator"))
 
 
 def test_an_undeclared_import_is_caught(tmp_path):

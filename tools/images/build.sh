@@ -4,7 +4,9 @@
 # docker (POLYA_CONTAINER_ENGINE=docker). Each image is tagged polya-<target>:<content key> and with the
 # name the chart and operator default to (ghcr.io/polya-dev/polya-operator:<version>, .../polya:<version>
 # for stage-gpu, .../polya:<version>-cpu for stage-cpu); an image whose key exists is not rebuilt.
-# The key hashes the Dockerfile, pyproject.toml, the CPU lock and the sources under platform/ and operators/.
+# The key hashes the base image (POLYA_BASE_IMAGE, default debian:bookworm-slim; a digest-pinned name
+# works) and its ID, the Dockerfile, pyproject.toml, the target's lock and the sources under platform/ and
+# operators/.
 # Where this machine has local package mirrors (/opt/wheels, /opt/pypi*), the build mounts them read-only
 # and adds them to pip's search path, with the host's CA bundle for PyPI; none of it is baked into an image.
 set -euo pipefail
@@ -35,8 +37,11 @@ if [ "$engine" = podman ]; then
   [ ${#links[@]} -gt 0 ] && mounts+=(--build-arg "PIP_FIND_LINKS=${links[*]}")
   [ ${#index[@]} -gt 0 ] && mounts+=(--build-arg "PIP_EXTRA_INDEX_URL=${index[*]}")
 fi
-key_of() {  # content key of a target: what its image is built from
-  (cd "$repo" && { cat "images/$1.Dockerfile" pyproject.toml requirements/*.lock
+base=${POLYA_BASE_IMAGE:-docker.io/library/debian:bookworm-slim}  # may carry @sha256:...
+base_id=$(run image inspect "$base" --format '{{.Id}}' 2>/dev/null || echo "$base")
+key_of() {  # content key of a target: what its image is built from (the base, its lock, its sources)
+  local lock=requirements/cpu.lock; [ "$1" = stage-gpu ] && lock=requirements/gpu.lock
+  (cd "$repo" && { echo "$base $base_id"; cat "images/$1.Dockerfile" pyproject.toml "$lock"
                    git ls-files -co --exclude-standard platform operators | LC_ALL=C sort | xargs cat; } | sha256sum | cut -c1-12)
 }
 for t in "${targets[@]}"; do
@@ -52,7 +57,7 @@ for t in "${targets[@]}"; do
   else
     echo ">> building $tag" >&2
     t0=$(date +%s)
-    run build "${extra[@]}" "${mounts[@]}" -f "$repo/images/$t.Dockerfile" -t "$tag" "$repo" >&2
+    run build "${extra[@]}" "${mounts[@]}" --build-arg "BASE=$base" -f "$repo/images/$t.Dockerfile" -t "$tag" "$repo" >&2
     echo ">> built $tag in $(( $(date +%s) - t0 )) s" >&2
   fi
   run tag "$tag" "$name"
