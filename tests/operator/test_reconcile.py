@@ -165,16 +165,23 @@ def test_missing_job_is_recreated_under_the_same_name(run):
     assert d.status["stages"][0]["attempts"] == 1
 
 
-def test_all_succeeded_and_serve_creates_rayservice(run):
-    run["spec"]["evaluation"]["serve"] = True
+def run_to_success(run, passes: int = 12):
+    """Reconcile until the run succeeds, every RayJob finishing as soon as it is created; the last decision
+    and the RayJobs by name."""
     jobs = {}
-    for _ in range(10):
+    for _ in range(passes):
         d = step(run, Observed(rayjobs=jobs, configmap=True))
         for obj in d.create:
             if obj["kind"] == "RayJob":
                 jobs[obj["metadata"]["name"]] = finish(obj)
         if d.status["phase"] == "Succeeded":
             break
+    return d, jobs
+
+
+def test_all_succeeded_and_serve_creates_rayservice(run):
+    run["spec"]["evaluation"]["serve"] = True
+    d, jobs = run_to_success(run, passes=10)
     assert d.status["phase"] == "Succeeded" and d.status.get("currentStage") is None
     assert [o["kind"] for o in d.create] == ["RayService"]
     assert d.create[0]["metadata"]["name"] == "r-serve"
@@ -227,15 +234,8 @@ def test_cluster_env_secrets_and_volumes_reach_every_pod_of_every_rayjob(run):
 
     run["spec"]["cluster"] = _yaml.safe_load((EXAMPLES / "polya-run.yaml").read_text())["spec"]["cluster"]
     spec = PolyaRunSpec.model_validate(run["spec"])
-    jobs = {}
-    for _ in range(12):  # every stage of the plan, each finishing at once
-        d = step(run, Observed(rayjobs=jobs, configmap=True))
-        for obj in d.create:
-            if obj["kind"] == "RayJob":
-                jobs[obj["metadata"]["name"]] = finish(obj)
-        if d.status["phase"] == "Succeeded":
-            break
-    assert len(jobs) == 7
+    d, jobs = run_to_success(run)  # every stage of the plan, each finishing at once
+    assert d.status["phase"] == "Succeeded" and len(jobs) == 7
     for job in jobs.values():
         cluster = job["spec"]["rayClusterSpec"]
         heads = [cluster["headGroupSpec"]["template"]]

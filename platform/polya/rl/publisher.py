@@ -47,8 +47,6 @@ async def broadcast_weights(handle, app_name: str, blob: bytes, version: int, ti
 
     Serve routes a call to one replica, so the call is repeated until every replica id has answered
     at ``version`` (replicas already there skip the load). The blob goes to the object store once."""
-    import time
-
     import ray
 
     ref = ray.put(blob)
@@ -80,8 +78,6 @@ async def broadcast_weights_collective(handle, app_name: str, state: dict, versi
 
     Tensors go in their own dtype (the engine casts on load). Serve routes each join call to one replica, so the call
     is repeated until every replica has claimed a rank; then rank 0 (this process) broadcasts."""
-    import time
-
     import ray
 
     from polya.rl import weight_sync as ws

@@ -130,6 +130,11 @@ def rollout(job: GRPOJob, step: int, questions, tok, handle, verifier) -> Rollou
         "pass_rate": float(correct.mean()), "response_len": float(sum(len(s["ids"]) for s in seqs) / len(seqs))})
 
 
+def per_rank_share(g: GRPOSpec, world: int) -> int:
+    """Completions each learner rank takes per step (the last rank's shard is padded by repetition)."""
+    return math.ceil(g.promptsPerStep * g.groupSize / world)
+
+
 def shard(seqs: list[dict], rank: int, per_rank: int, micro: int, pad_id: int) -> list:
     """This rank's packed micro-batches. Contiguous shards keep a group's completions together, so each
     micro-batch runs a shared prompt once; a short batch is repeated to fill every rank's share."""
@@ -207,8 +212,7 @@ def grpo_step(job: GRPOJob, learner: Learner, ref, step: int, questions, verifie
     t_rollout = time.perf_counter() - t0
     if not roll.seqs:
         return {"step": step + 1, "skipped": 1.0, "zero_signal_groups": roll.zero_groups}
-    per_rank = math.ceil(g.promptsPerStep * g.groupSize / learner.world)
-    prepared = shard(roll.seqs, learner.rank, per_rank, g.microBatchSize, learner.pad_id)
+    prepared = shard(roll.seqs, learner.rank, per_rank_share(g, learner.world), g.microBatchSize, learner.pad_id)
     t1 = time.perf_counter()
     olds, refs = reference_logprobs(learner, ref, g, prepared)
     t2 = time.perf_counter()
@@ -229,8 +233,8 @@ def train_loop(config: dict) -> None:
     job: GRPOJob = config["job"]
     g = job.grpo
     learner = Learner(g, job.learner)
-    per_rank = math.ceil(g.promptsPerStep * g.groupSize / learner.world)
-    learner.start(g.microBatchSize, max(1, math.ceil(per_rank / g.microBatchSize)), g.steps * g.mu, min_lr_ratio=0.1)
+    grad_accum = max(1, math.ceil(per_rank_share(g, learner.world) / g.microBatchSize))
+    learner.start(g.microBatchSize, grad_accum, g.steps * g.mu, min_lr_ratio=0.1)
     ref = learner.load_model(trainable=False) if g.klCoef > 0 else None
     publisher = WeightPublisher(job.app, g.weightSync, g.zeroStage, learner.rank)
     state = learner.resume() or {"step": 0, "log": []}
