@@ -131,7 +131,8 @@ def ray_cluster_spec(run: dict[str, Any], spec: PolyaRunSpec, stage: Stage | str
     return {
         "rayVersion": spec.cluster.rayVersion,
         "headGroupSpec": {
-            "rayStartParams": {"dashboard-host": "0.0.0.0", "num-gpus": "0"},
+            # the head runs the driver and Serve's controller, no work: replicas and learners go to workers
+            "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0", "num-gpus": "0"},
             "template": _pod_template(run, spec, defaults, spec.cluster.headCpu or defaults.head_cpu,
                                       spec.cluster.headMemory or defaults.head_memory, 0),
         },

@@ -1,97 +1,100 @@
 """Content-addressed stage outputs: ``<storage>/<stage>/<key>/`` with a manifest written last.
 
 The key is a hash of the stage's name, its settings, the keys of its input artifacts and a format
-version (`polya.recipe.cache_key`). A folder whose ``manifest.json`` exists is complete: the stage is skipped on rerun. A folder
-without one is a crashed attempt: it is cleared and the stage runs again. Local paths are written in
-place; for object-store URIs (s3://, gs://, …) stages write to a local staging folder and `commit`
-uploads it through fsspec, manifest last.
+version (`polya.recipe.cache_key`). A folder whose ``manifest.json`` exists is complete: the stage is
+skipped on rerun. A folder without one is a crashed attempt: it is cleared and the stage runs again.
+
+An artifact is addressed by its URI; every process writes its share of the files in its node's
+`local_dir` and pushes them (`polya.storage.push`), the driver last: `commit` pushes the driver's files,
+then writes the manifest (figures, and every file with its size and sha256) — on local storage all of
+this happens in place. A process that reads an artifact `fetch`es it (a node-local copy on an object
+store, checked against the manifest).
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from polya.spec import uri_scheme
-
-MANIFEST = "manifest.json"
+from polya import storage
+from polya.storage import MANIFEST
 
 
 @dataclass
 class Artifact:
     stage: str
     key: str
-    uri: str  # where it lives (final)
-    local: Path  # where the stage reads and writes it
+    uri: str  # where it lives: the storage URI every process addresses it by
 
     @property
-    def manifest_path(self) -> Path:
-        return self.local / MANIFEST
+    def local(self) -> Path:
+        """Where this node writes the artifact's files (the folder itself on local storage)."""
+        return storage.local_dir(self.uri)
 
     def exists(self) -> bool:
-        return self.manifest_path.exists()
+        return storage.exists(storage.join(self.uri, MANIFEST))
 
     def manifest(self) -> dict[str, Any]:
-        return json.loads(self.manifest_path.read_text())
+        return storage.read_json(storage.join(self.uri, MANIFEST))
+
+    def fetch(self, sub: str = "") -> Path:
+        """A local folder holding the complete artifact (or its ``sub`` folder), checked against the manifest."""
+        return fetch_uri(storage.join(self.uri, sub) if sub else self.uri)
+
+    def child(self, sub: str) -> str:
+        return storage.join(self.uri, sub)
+
+
+def fetch_uri(uri: str) -> Path:
+    """`storage.fetch` of an artifact or a folder inside one, with the sizes and hashes its manifest records."""
+    if not storage.is_remote(uri):
+        return storage.fetch(uri)
+    root, sub = uri, ""
+    for _ in range(3):  # the manifest sits at the artifact's root: at most a couple of levels up
+        if storage.exists(storage.join(root, MANIFEST)):
+            files = storage.read_json(storage.join(root, MANIFEST)).get("files", {})
+            prefix = sub + "/" if sub else ""
+            expected = {k[len(prefix):]: v for k, v in files.items() if isinstance(v, dict) and k.startswith(prefix)}
+            return storage.fetch(uri, expected)
+        root, _, tail = root.rstrip("/").rpartition("/")
+        sub = f"{tail}/{sub}".strip("/")
+    return storage.fetch(uri)
 
 
 class ArtifactStore:
-    def __init__(self, uri: str, staging: str | Path | None = None):
-        self.uri = uri.rstrip("/")
-        self.remote = uri_scheme(uri) not in (None, "file")
-        root = uri[len("file://"):] if uri.startswith("file://") else uri
-        self.root = Path(staging or Path.home() / ".cache" / "polya" / "staging") / hashlib.sha1(
-            uri.encode()).hexdigest()[:12] if self.remote else Path(root).expanduser().resolve()
-        # (a relative local path is taken from the directory `polya run` starts in; workers get absolute paths)
+    def __init__(self, uri: str):
+        self.uri = uri.rstrip("/") if storage.is_remote(uri) else str(storage.local_path(uri))
+        # (a relative local path is taken from the directory `polya run` starts in; workers get absolute URIs)
+
+    @property
+    def remote(self) -> bool:
+        return storage.is_remote(self.uri)
+
+    def child(self, *parts: str) -> str:
+        return storage.join(self.uri, *parts)
 
     def artifact(self, stage: str, key: str) -> Artifact:
-        local = self.root / stage / key
-        uri = f"{self.uri}/{stage}/{key}" if self.remote else str(local.resolve())
-        art = Artifact(stage, key, uri, local)
-        if self.remote and not art.exists():
-            self._download(art)
-        return art
+        return Artifact(stage, key, self.child(stage, key))
 
     def begin(self, art: Artifact) -> Path:
-        """A clean folder for a (re)run of ``art``'s stage."""
-        if art.local.exists():
-            shutil.rmtree(art.local)
+        """A clean artifact for a (re)run of ``art``'s stage (a crashed attempt's files removed); this node's
+        folder to write in."""
+        storage.remove(art.uri)
+        storage.remove(str(art.local))
         art.local.mkdir(parents=True)
         return art.local
 
     def commit(self, art: Artifact, figures: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
-        files = sorted(str(p.relative_to(art.local)) for p in art.local.rglob("*") if p.is_file() and p.name != MANIFEST)
+        """Push the driver's files, then write the manifest: every file of the artifact, whichever process
+        pushed it, with its size and sha256."""
+        if art.local.exists():
+            storage.push(art.local, art.uri, known=frozenset(storage.parts(art.uri)))
+        files = dict(sorted(storage.parts(art.uri).items()))
         manifest = {"stage": art.stage, "key": art.key, "uri": art.uri, "files": files, "figures": figures,
                     "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **(extra or {})}
-        tmp = art.local / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=float) + "\n")
-        os.replace(tmp, art.manifest_path)  # the manifest appears atomically, and last
-        if self.remote:
-            self._upload(art)
+        storage.write_json(storage.join(art.uri, MANIFEST), manifest)  # last: the artifact is complete
         return manifest
-
-    # --------------------------------------------------------------------- object stores (fsspec)
-    def _download(self, art: Artifact) -> None:
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(art.uri)
-        if fs.exists(f"{path}/{MANIFEST}"):
-            art.local.mkdir(parents=True, exist_ok=True)
-            fs.get(f"{path}/", str(art.local) + "/", recursive=True)
-
-    def _upload(self, art: Artifact) -> None:
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(art.uri)
-        for p in sorted(art.local.rglob("*")):
-            if p.is_file() and p.name != MANIFEST:
-                fs.put_file(str(p), f"{path}/{p.relative_to(art.local)}")
-        fs.put_file(str(art.manifest_path), f"{path}/{MANIFEST}")
 
 
 # ------------------------------------------------------------------------------------ stage results
@@ -104,26 +107,14 @@ def _result_name(step_key: str) -> str:
 
 def write_result(storage_uri: str, step_key: str, artifact_uri: str, figures: dict[str, Any]) -> None:
     """`<storage>/results/<arm>-<stage>.json`: where a stage's output is, for the operator's status."""
-    import fsspec
-
-    payload = json.dumps({"step": step_key, "artifactUri": artifact_uri, "figures": figures}, default=float)
-    fs, root = fsspec.core.url_to_fs(storage_uri)
-    fs.makedirs(f"{root}/{RESULTS_DIR}", exist_ok=True)
-    with fs.open(f"{root}/{RESULTS_DIR}/{_result_name(step_key)}", "w") as fh:
-        fh.write(payload)
+    storage.write_json(storage.join(storage_uri, RESULTS_DIR, _result_name(step_key)),
+                       {"step": step_key, "artifactUri": artifact_uri, "figures": figures})
 
 
 def read_results(storage_uri: str) -> dict[str, dict[str, Any]]:
     """Every stage result written under ``storage_uri``, by step key ("arm/stage")."""
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(storage_uri)
-    out: dict[str, dict[str, Any]] = {}
-    if not fs.exists(f"{root}/{RESULTS_DIR}"):
-        return out
-    for path in fs.ls(f"{root}/{RESULTS_DIR}", detail=False):
-        if str(path).endswith(".json"):
-            with fs.open(path) as fh:
-                data = json.loads(fh.read())
-            out[data["step"]] = data
-    return out
+    folder = storage.join(storage_uri, RESULTS_DIR)
+    if not storage.exists(folder):
+        return {}
+    found = (storage.read_json(storage.join(folder, rel)) for rel in storage.listing(folder) if rel.endswith(".json"))
+    return {data["step"]: data for data in found}

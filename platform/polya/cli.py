@@ -179,8 +179,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from polya.models import ModelNotAvailable
+    from polya.storage import StorageError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (ModelNotAvailable, StorageError) as exc:  # their messages name the field and the fix
+        print(f"polya: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

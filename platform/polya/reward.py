@@ -34,10 +34,8 @@ class ScorerConfig:
     def from_spec(cls, rm: "RewardModelSpec", model: "ModelSpec", seed: int) -> "ScorerConfig":
         """The run's reward model; a judge runs on engines configured by the reward-model block itself."""
         engine = None
-        if rm.kind == "judge":
-            from polya.models import resolve
-
-            engine = EngineConfig.from_spec(model, rm, resolve(rm.name), seed, served_name=rm.name)
+        if rm.kind == "judge":  # the replica resolves the judge's model on its node
+            engine = EngineConfig.from_spec(model, rm, rm.name, seed, served_name=rm.name)
         return cls(kind=rm.kind, name=rm.name or cls.name, engine=engine)
 
 

@@ -393,8 +393,6 @@ class SelfGenerationSpec(RolloutSpec):
     samplesPerHeuristic: PositiveInt = Field(default=4, description="Completions per (question, heuristic).")
     temperature: Annotated[float, Field(ge=0.0)] = 0.8
     maxTokens: PositiveInt = 2048
-    inputUri: Annotated[str | None, NOT_IN_KEY] = Field(
-        default=None, description="Reuse this self-generation artifact instead of running.")
 
 
 class RewardModelSpec(EngineSpec):
@@ -427,7 +425,6 @@ class FilteringSpec(_Model):
     )
     verifyTimeoutSeconds: Annotated[float, Field(gt=0)] = Field(default=5.0, description="Per-item math-verify limit.")
     verifyWorkers: Annotated[PositiveInt, NOT_IN_KEY] = Field(default=2, description="Processes verifying answers.")
-    inputUri: Annotated[str | None, NOT_IN_KEY] = None
 
 
 class LearnerSpec(_Model):
@@ -445,8 +442,6 @@ class LearnerSpec(_Model):
     warmupRatio: Fraction = 0.03
     checkpointEvery: Annotated[PositiveInt, NOT_IN_KEY] = Field(default=50, description="Optimizer steps between checkpoints.")
     offloadOptimizer: bool = False
-    inputUri: Annotated[str | None, NOT_IN_KEY] = Field(
-        default=None, description="Start from this model artifact instead of the previous stage.")
 
 
 class MidTrainingSpec(LearnerSpec):

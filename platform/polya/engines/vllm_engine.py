@@ -89,12 +89,13 @@ class VLLMEngine:
             enforce_eager=cfg.enforce_eager,
             gpu_memory_utilization=cfg.gpu_memory_utilization,
             enable_prefix_caching=True,
+            trust_remote_code=cfg.trust_remote_code,
         )
         self._engine = AsyncLLM.from_engine_args(args)
         self._watching = False  # _exit_with_frontend installed in the workers (on the first call)
         from transformers import AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model)
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
         self.weight_version = 0
         from vllm.platforms import current_platform
 

@@ -5,6 +5,12 @@ The driver side (`fit`) starts the Ray Train workers; each runs a stage's loop, 
 and keeps only what is its own (the SFT batches, the GRPO step). Checkpoints are DeepSpeed's (model,
 optimizer, scheduler) plus, per rank, the torch RNG, and a state file (step, data position, log) that rank 0
 writes last: a folder without it is incomplete and ignored.
+
+Workers may run on other machines than the driver: the job carries storage URIs only. The starting
+model is a reference each rank resolves on its node (`polya.models.resolve`); checkpoints are written in
+the node's folder for ``<ckpt_uri>/step_<N>`` and pushed to storage (one rank per node pushes), the state
+file last; `resume` finds the newest complete one in storage and fetches it once per node; the final model
+and logs are pushed to the stage's artifact URI. On local storage all of this happens in place.
 """
 from __future__ import annotations
 
@@ -24,20 +30,49 @@ CKPT_TAG = "ds"
 class LearnerJob:
     """Where a learner reads and writes (the same for SFT and GRPO); crosses into Ray Train typed."""
 
-    model_path: str  # the starting model (a Hugging Face folder)
-    out_dir: str  # the stage's artifact folder: model/ and the stage's logs go there
-    ckpt_root: str  # checkpoints: step_<N>/ folders
+    model: str  # the starting model: a reference (`polya.models.resolve`) each rank resolves on its node
+    out_uri: str  # the stage's artifact: model/ and the stage's logs go there
+    ckpt_uri: str  # checkpoints: step_<N>/ folders
     seed: int
     crash_after_step: int = 0  # fault injection for resume tests (POLYA_CRASH_AFTER_STEP)
+    revision: str | None = None  # hub revision of ``model``
+    trust_remote_code: bool = False
 
 
-def latest_checkpoint(ckpt_root: Path) -> Path | None:
-    """The newest complete checkpoint folder (its state file exists), or None."""
-    done = sorted(p.parent for p in Path(ckpt_root).glob("step_*/" + CKPT_STATE))
-    return max(done, key=lambda p: int(p.name.split("_")[1])) if done else None
+def checkpoint_steps(ckpt_uri: str) -> list[int]:
+    """The steps of the complete checkpoints (their state file exists) under ``ckpt_uri``, in order."""
+    from polya import storage
+
+    if not storage.exists(ckpt_uri):
+        return []
+    found = storage.listing(ckpt_uri)
+    return sorted(int(rel.split("/")[0].split("_")[1]) for rel in found
+                  if rel.startswith("step_") and rel.endswith("/" + CKPT_STATE))
 
 
-def fit(loop: Callable[[dict], None], payload: Any, section: "LearnerSpec", name: str, storage: Path, what: str):
+def latest_checkpoint(ckpt_uri: str) -> str | None:
+    """The URI of the newest complete checkpoint, or None."""
+    from polya import storage
+
+    steps = checkpoint_steps(ckpt_uri)
+    return storage.join(ckpt_uri, f"step_{steps[-1]}") if steps else None
+
+
+def train_storage(storage_uri: str) -> dict[str, Any]:
+    """Ray Train's own run folder (``<storage>/ray``) as RunConfig arguments: on an object store through
+    fsspec, so its bookkeeping never lands on one node's disk."""
+    from polya import storage
+
+    uri = storage.join(storage_uri, "ray")
+    if not storage.is_remote(uri):
+        return {"storage_path": str(storage.local_path(uri))}
+    import pyarrow.fs
+
+    fs, path = storage.filesystem(uri)
+    return {"storage_path": path, "storage_filesystem": pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))}
+
+
+def fit(loop: Callable[[dict], None], payload: Any, section: "LearnerSpec", name: str, storage_uri: str, what: str):
     """Run ``loop`` on ``section.workers`` Ray Train workers, each given ``{"job": payload}``. Raises
     RuntimeError("<what> failed: …") when training fails; the checkpoints stay for a rerun."""
     from ray.train import RunConfig, ScalingConfig
@@ -51,7 +86,7 @@ def fit(loop: Callable[[dict], None], payload: Any, section: "LearnerSpec", name
         loop, train_loop_config={"job": payload},
         scaling_config=ScalingConfig(num_workers=section.workers, use_gpu=gpus > 0,
                                      resources_per_worker={"GPU": gpus} if gpus else {"CPU": 1}),
-        run_config=RunConfig(name=name, storage_path=str(Path(storage).resolve())),
+        run_config=RunConfig(name=name, **train_storage(storage_uri)),
     )
     try:
         result = trainer.fit()
@@ -73,11 +108,15 @@ class Learner:
 
         from polya.hardware import learner_setup
 
+        from polya.models import resolve
+
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.node_leader = ctx.get_local_rank() == 0  # pushes this node's checkpoint files
         self.section, self.job = section, job
         torch.manual_seed(job.seed + (self.rank if seed_per_rank else 0))
-        self.tok = AutoTokenizer.from_pretrained(job.model_path)
+        self.model_path = resolve(job.model, job.revision)
+        self.tok = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=job.trust_remote_code)
         self.precision, self.dtype = learner_setup(section.precision, section.gpusPerWorker, ctx.get_local_world_size())
         self.engine = self.scheduler = None
 
@@ -88,7 +127,8 @@ class Learner:
     def load_model(self, trainable: bool = True):
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(self.job.model_path, dtype=self.dtype)
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=self.dtype,
+                                                     trust_remote_code=self.job.trust_remote_code)
         if not trainable:
             return model.eval().requires_grad_(False)
         if self.section.gradientCheckpointing:
@@ -115,27 +155,46 @@ class Learner:
                                                                  lr_scheduler=scheduler, config=ds)
 
     def resume(self) -> dict[str, Any] | None:
-        """Load the latest complete checkpoint (model, optimizer, scheduler, RNG); its state, or None."""
+        """Load the latest complete checkpoint in storage (model, optimizer, scheduler, RNG); its state, or None."""
         import torch
 
-        latest = latest_checkpoint(Path(self.job.ckpt_root))
+        from polya.artifacts import fetch_uri
+
+        latest = latest_checkpoint(self.job.ckpt_uri)
         if latest is None:
             return None
-        self.engine.load_checkpoint(str(latest), tag=CKPT_TAG)
-        torch.set_rng_state(torch.load(latest / f"rng_{self.rank}.pt"))
-        return json.loads((latest / CKPT_STATE).read_text())
+        folder = fetch_uri(latest)
+        self.engine.load_checkpoint(str(folder), tag=CKPT_TAG)
+        torch.set_rng_state(torch.load(folder / f"rng_{self.rank}.pt"))
+        return json.loads((folder / CKPT_STATE).read_text())
 
-    def checkpoint(self, step: int, state: dict[str, Any]) -> None:
-        """Collective: every rank writes its shards and RNG; rank 0 writes ``state`` last."""
+    def checkpoint(self, step: int, state: dict[str, Any]) -> float:
+        """Collective: every rank writes its shards and RNG in its node's folder, one rank per node pushes
+        them, then rank 0 writes ``state`` last. Returns the seconds spent pushing (0 on local storage)."""
+        import time
+
         import torch
 
-        target = Path(self.job.ckpt_root) / f"step_{step}"
+        from polya import storage
+
+        uri = storage.join(self.job.ckpt_uri, f"step_{step}")
+        target = storage.local_dir(uri)
+        if storage.is_remote(uri) and self.node_leader:
+            storage.remove(str(target))  # a crashed attempt's files must not be pushed with these
+        torch.distributed.barrier()
         self.engine.save_checkpoint(str(target), tag=CKPT_TAG)
         torch.save(torch.get_rng_state(), target / f"rng_{self.rank}.pt")
         torch.distributed.barrier()
-        if self.rank == 0:
-            (target / CKPT_STATE).write_text(json.dumps({"step": step, **state}))
+        t0 = time.perf_counter()
+        if storage.is_remote(uri) and self.node_leader:
+            storage.push(target, uri, skip=(CKPT_STATE,))
         torch.distributed.barrier()
+        if self.rank == 0:
+            storage.write_json(storage.join(uri, CKPT_STATE), {"step": step, **state})
+        torch.distributed.barrier()
+        if storage.is_remote(uri) and self.node_leader:
+            storage.remove(str(target))  # storage holds it now; a resume fetches it back
+        return time.perf_counter() - t0
 
     def crash_if_asked(self, step: int) -> None:
         if step == self.job.crash_after_step:
@@ -143,16 +202,22 @@ class Learner:
 
     def save(self, files: dict[str, Any]) -> None:
         """The final model (gathered under ZeRO-3: collective) as a Hugging Face folder ``model/``, and
-        ``files`` (name -> JSON-able) beside it, by rank 0."""
+        ``files`` (name -> JSON-able) beside it, pushed to the stage's artifact by rank 0."""
         import torch
 
+        from polya import storage
         from polya.rl.weights import full_state_dict
 
         state = full_state_dict(self.engine.module)
         if self.rank == 0:
-            out = Path(self.job.out_dir)
+            out = storage.staging_dir(self.job.out_uri, "learner")
+            if storage.is_remote(self.job.out_uri):
+                storage.remove(str(out))  # a crashed attempt's leftovers
             self.engine.module.save_pretrained(str(out / "model"), state_dict=state, safe_serialization=True)
             self.tok.save_pretrained(str(out / "model"))
             for name, value in files.items():
                 (out / name).write_text(json.dumps(value, indent=1))
+            storage.push(out, self.job.out_uri)
+            if storage.is_remote(self.job.out_uri):
+                storage.remove(str(out))
         torch.distributed.barrier()

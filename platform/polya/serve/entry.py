@@ -19,13 +19,12 @@ def _run(args: dict[str, Any]):
 
 def rollout_app(args: dict[str, Any]):
     from polya.engines.base import EngineConfig
-    from polya.models import resolve
     from polya.serve.rollout import RolloutServer
 
     run = _run(args)
     ev = run.spec.evaluation
     model = args.get("model") or run.spec.model.name
-    cfg = EngineConfig.from_spec(run.spec.model, ev, resolve(model), run.spec.seed, served_name=run.metadata.name)
+    cfg = EngineConfig.from_spec(run.spec.model, ev, model, run.spec.seed, served_name=run.metadata.name)
     return RolloutServer.options(num_replicas=ev.replicas, ray_actor_options=actor_options(ev.gpusPerReplica)).bind(
         cfg, max_tokens_limit=ev.maxTokens)
 

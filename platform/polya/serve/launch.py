@@ -27,20 +27,26 @@ def ensure_ray(num_cpus: int | None = None, dashboard: bool = True) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(log_to_driver=True)
         return
-    ray.init(num_cpus=num_cpus, include_dashboard=dashboard, log_to_driver=False, ignore_reinit_error=True,
+    # one logical CPU over the cores: CPU replicas reserve a token REPLICA_CPUS each and must fit beside
+    # one learner worker per core
+    ray.init(num_cpus=num_cpus or (os.cpu_count() or 1) + 1, include_dashboard=dashboard, log_to_driver=False, ignore_reinit_error=True,
              configure_logging=False)
 
 
 def ensure_serve(http_port: int = 8000, host: str = "127.0.0.1") -> None:
+    """Serve with one HTTP proxy, on the head: stages reach their apps through handles, people through it."""
     from ray import serve
 
-    serve.start(http_options={"host": host, "port": http_port})
+    serve.start(http_options={"host": host, "port": http_port}, proxy_location="HeadOnly")
+
+
+#: what a CPU replica reserves: a token, so that it never lands on a head started with ``num-cpus: 0``
+#: (KubeRay's advice, and the operator's), while the engine's threads share the cores with the learners
+REPLICA_CPUS = 0.01
 
 
 def actor_options(gpus: float) -> dict[str, Any]:
-    # on CPU the engine's own threads use the cores: a replica reserves none, so 2-core machines can
-    # hold rollout, reward and learner actors at once
-    return {"num_cpus": 0, "num_gpus": gpus} if gpus else {"num_cpus": 0}
+    return {"num_cpus": 0, "num_gpus": gpus} if gpus else {"num_cpus": REPLICA_CPUS}
 
 
 def start_rollout(

@@ -25,6 +25,7 @@ from typing import Any
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+import ray
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -155,6 +156,7 @@ class RolloutServer:
             "weight_version": self.version,
             "requests": self.requests,
             "tokens_out": self.tokens_out,
+            "node": ray.get_runtime_context().get_node_id(),  # the Ray node this replica runs on
         }
 
     # ------------------------------------------------------------------ OpenAI API

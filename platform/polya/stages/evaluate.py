@@ -15,7 +15,7 @@ from polya.analysis.plots import plot_pass_at_k
 from polya.data import load_questions
 from polya.engines.base import Sampling
 from polya.heuristics import render_prompt, select
-from polya.models import resolve
+from polya.models import load_tokenizer
 from polya.recipe import MODEL_SLOT
 from polya.stages.common import StageContext, StageResult, generate_all, log, rollout_service, run_async
 from polya.verify import Verifier
@@ -24,11 +24,11 @@ MAX_COMPOSITION_CHAINS = 256
 
 
 def model_ref(ctx: StageContext) -> tuple[str, str]:
-    """(path to load, identity for reports)."""
+    """(model reference the replicas resolve, identity for reports)."""
     if MODEL_SLOT in ctx.inputs:
         art = ctx.inputs[MODEL_SLOT]
-        return str(art.local / "model"), f"{art.stage}:{art.key}"
-    return resolve(ctx.run.spec.model.name), ctx.run.spec.model.name
+        return art.child("model"), f"{art.stage}:{art.key}"
+    return ctx.run.spec.model.name, ctx.run.spec.model.name
 
 
 def markdown_table(results: dict[str, dict[int, float]], ks: list[int]) -> str:
@@ -46,7 +46,7 @@ async def _judge_composition(ctx: StageContext, chains: list[str], heuristics):
     from polya.engines.base import create_engine
 
     rm = ctx.run.spec.filtering.rewardModel
-    engine = create_engine(ctx.engine(rm, resolve(rm.name), served_name=rm.name))
+    engine = create_engine(ctx.engine(rm, rm.name, served_name=rm.name))
     try:
         return await analyse_with_judge(chains, heuristics, engine)
     finally:
@@ -116,14 +116,12 @@ def _write(ctx: StageContext, out_dir, model_id: str, results: dict, out: dict, 
 
 
 def run(ctx: StageContext) -> StageResult:
-    from transformers import AutoTokenizer
-
     spec, ev = ctx.run.spec, ctx.settings
     art, cached = ctx.begin()
     if cached:
         return cached
     model_path, model_id = model_ref(ctx)
-    tok = AutoTokenizer.from_pretrained(model_path)
+    tok = load_tokenizer(model_path, spec.model)
     sampling = Sampling(temperature=ev.temperature, top_p=ev.topP, max_tokens=ev.maxTokens, n=ev.samples,
                         seed=spec.seed + 1, logprobs=False)  # unused: ~15% faster
     cfg = ctx.engine(ev, model_path, served_name=model_id)

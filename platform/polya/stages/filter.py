@@ -103,7 +103,7 @@ def run(ctx: StageContext) -> StageResult:
     art, cached = ctx.begin()
     if cached:
         return cached
-    rows = pq.read_table(ctx.inputs[Stage.SELFGEN].local / "selfgen.parquet").to_pylist()
+    rows = pq.read_table(ctx.inputs[Stage.SELFGEN].fetch() / "selfgen.parquet").to_pylist()
     verdicts, counts = _verify(f, rows)
 
     # adherence matters only where it decides something: correct traces, and incorrect ones if admitted

@@ -16,18 +16,18 @@ sends safetensors bytes through Ray's object store instead.
 The learner is the shared skeleton (`polya.rl.learner`: set-up, resume, checkpoints, final save); this
 module keeps only the GRPO step: `rollout` (rank 0) → `shard` → `learn` → publish (`polya.rl.publisher`).
 Checkpoints (model, optimizer, scheduler, step, RNG) every `checkpointEvery` steps under
-``<storage>/checkpoints/grpo/<key>/``; a restarted stage resumes from the latest. The artifact holds
-``model/`` and ``steps.json`` (per-step figures), and ``reward.png``.
+``<storage>/checkpoints/grpo/<key>/``, in storage; a restarted stage resumes from the latest, on whichever
+node it reruns. The artifact holds ``model/`` and ``steps.json`` (per-step figures, with where the learner
+ran and the seconds each checkpoint took to reach storage), pushed by rank 0, and ``reward.png``. Learners
+and replicas get the starting model as a reference (the run's model or the mid-training artifact's URI).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from polya.recipe import MODEL_SLOT
@@ -239,18 +239,20 @@ def train_loop(config: dict) -> None:
     publisher = WeightPublisher(job.app, g.weightSync, g.zeroStage, learner.rank)
     state = learner.resume() or {"step": 0, "log": []}
     step, rows = state["step"], state["log"]
+    resumed_from = step
     if step > 0:  # the rollout replicas restarted with the starting weights: give them the resumed policy
         publisher.publish(learner.engine.module, learner.engine.device, step)
     questions, verifier = _rank0_inputs(job, learner.rank)
     while step < g.steps:
         row = grpo_step(job, learner, ref, step, questions, verifier, publisher)
+        row.update(resumed_from=resumed_from, node=node_id())
         step = row["step"]
         rows.append(row)
         if "skipped" in row:
             continue
         ray.train.report(row)
         if step % g.checkpointEvery == 0 or step == g.steps:
-            learner.checkpoint(step, {"log": rows})
+            row["t_checkpoint"] = learner.checkpoint(step, {"log": rows})
         learner.crash_if_asked(step)
     if verifier is not None:
         verifier.close()
@@ -274,13 +276,16 @@ def _moved(before: tuple[list[int], list[float]], after: tuple[list[int], list[f
 
 def _figures(rows: list[dict], synced_version: int, moved: bool) -> dict[str, float]:
     scored = [r for r in rows if "reward_mean" in r]
+    saved = [r for r in rows if "t_checkpoint" in r]
     return {"steps": len(rows), "reward_first": scored[0]["reward_mean"] if scored else float("nan"),
             "reward_last": scored[-1]["reward_mean"] if scored else float("nan"),
             "zero_signal_groups": float(sum(r.get("zero_signal_groups", 0) for r in rows)),
             "s_per_step": float(sum(r["t_rollout"] + r["t_reference"] + r["t_learn"] + r["t_sync"] for r in scored)
                                 / max(1, len(scored))),
             # the rollout replica samples from the trained policy: its greedy answer to a probe moved
-            "rollout_weight_version": float(synced_version), "rollout_changed": float(moved)}
+            "rollout_weight_version": float(synced_version), "rollout_changed": float(moved),
+            # seconds a checkpoint took to reach storage (an object store's upload; 0 on local storage)
+            "checkpoint_s": float(sum(r["t_checkpoint"] for r in saved) / len(saved)) if saved else 0.0}
 
 
 def _export(arm: str, rows: list[dict]) -> None:
@@ -293,33 +298,41 @@ def _export(arm: str, rows: list[dict]) -> None:
     metrics.GRPO_STEP.labels(arm).set(len(rows))
 
 
+def node_id() -> str:
+    """The Ray node this process runs on."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
 def run(ctx: StageContext) -> StageResult:
+    from polya import storage
     from polya.analysis.plots import plot_rewards
-    from polya.models import resolve
 
     spec, g = ctx.run.spec, ctx.settings
     art, cached = ctx.begin()
     if cached:
         return cached
-    start = str(ctx.inputs[MODEL_SLOT].local / "model") if MODEL_SLOT in ctx.inputs else resolve(spec.model.name)
-    ckpt_root = Path(ctx.store.root) / "checkpoints" / ctx.stage.name / art.key
-    ckpt_root.mkdir(parents=True, exist_ok=True)
+    start = ctx.inputs[MODEL_SLOT].child("model") if MODEL_SLOT in ctx.inputs else spec.model.name
     app = f"{ctx.stage.name}-{ctx.arm.name}"
     job = GRPOJob(
-        learner=LearnerJob(model_path=start, out_dir=str(art.local), ckpt_root=str(ckpt_root), seed=spec.seed,
+        learner=LearnerJob(model=start, revision=spec.model.revision if start == spec.model.name else None,
+                           trust_remote_code=spec.model.trustRemoteCode, out_uri=art.uri,
+                           ckpt_uri=ctx.store.child("checkpoints", ctx.stage.name, art.key), seed=spec.seed,
                            crash_after_step=int(os.environ.get("POLYA_CRASH_AFTER_STEP", "0"))),  # tests only
         grpo=g, dataset=spec.dataset, few_shot=spec.heuristics.fewShot, verify_workers=spec.filtering.verifyWorkers,
         verify_timeout=spec.filtering.verifyTimeoutSeconds, app=app)
     cfg = ctx.engine(g.rollout, start, served_name=f"{spec.model.name}@{ctx.stage.name}")
     with rollout_service(ctx, cfg, g.rollout, name=app) as handle:
         probe_before = _probe(handle)
-        fit(train_loop, job, g, f"{ctx.stage.name}-{art.key}", Path(ctx.store.root) / "ray", "GRPO")
+        fit(train_loop, job, g, f"{ctx.stage.name}-{art.key}", ctx.store.uri, "GRPO")
         moved = _moved(probe_before, _probe(handle))
-        synced_version = handle.info.remote().result()["weight_version"]
-    rows = json.loads((art.local / "steps.json").read_text())
+        info = handle.info.remote().result()
+    rows = storage.read_json(art.child("steps.json"))
     plot_rewards(rows, art.local / "reward.png")
-    figures = _figures(rows, synced_version, moved)
+    figures = _figures(rows, info["weight_version"], moved)
     _export(ctx.arm.name, rows)
     log.info("grpo: %s", figures)
-    ctx.store.commit(art, figures)
+    ctx.store.commit(art, figures, {"placement": {"learner": rows[-1].get("node") if rows else None,
+                                                  "rollout": info.get("node")}})
     return StageResult(art.uri, figures)

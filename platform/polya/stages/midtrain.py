@@ -8,29 +8,30 @@ optimizer step; ZeRO 0-3, bf16 or fp32.
 
 Checkpoints (DeepSpeed's, with scheduler, data position, RNG and step counter) go to
 ``<storage>/checkpoints/midtrain/<key>/`` every `checkpointEvery` steps and at the end — outside the
-artifact folder, so a crashed attempt resumes from them. The artifact holds ``model/`` (a Hugging Face
-folder the rollout engine loads) and ``train_log.json``.
+artifact, so a crashed attempt resumes from them, on whichever node it reruns. The artifact holds
+``model/`` (a Hugging Face folder the rollout engine loads) and ``train_log.json``, pushed by rank 0; the
+workers read the filter's artifact by its URI (`polya.artifacts.fetch_uri`), never a driver's path.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
 from dataclasses import dataclass
-from pathlib import Path
 
 from polya.recipe import Stage
 from polya.rl.learner import Learner, LearnerJob, fit
 from polya.spec import MidTrainingSpec
 from polya.stages.common import StageContext, StageResult, log
 
+SFT_FILE = "sft.parquet"
+
 
 @dataclass(frozen=True)
 class SFTJob:
     learner: LearnerJob
     train: MidTrainingSpec
-    sft_path: str
+    data_uri: str  # the filter's artifact (sft.parquet)
     few_shot: bool
 
 
@@ -55,10 +56,11 @@ class Sizes:
 def _examples(learner: Learner, job: SFTJob) -> list:
     import pyarrow.parquet as pq
 
+    from polya.artifacts import fetch_uri
     from polya.heuristics import render_prompt
     from polya.rl.sft import build_example
 
-    rows = pq.read_table(job.sft_path).to_pylist()
+    rows = pq.read_table(fetch_uri(job.data_uri) / SFT_FILE).to_pylist()
     built = (build_example(learner.tok, render_prompt(learner.tok, r["question"], None, few_shot=job.few_shot),
                            r["completion"], job.train.maxSeqLen) for r in rows)
     return [e for e in built if e is not None]
@@ -108,7 +110,7 @@ def train_loop(config: dict) -> None:
             losses = []
             ray.train.report(row)
             if step % m.checkpointEvery == 0:
-                learner.checkpoint(step, {"epoch": epoch, "batch": b + 1, "log": rows})
+                row["t_checkpoint"] = learner.checkpoint(step, {"epoch": epoch, "batch": b + 1, "log": rows})
             learner.crash_if_asked(step)
     learner.checkpoint(step, {"epoch": m.epochs, "batch": 0, "log": rows})
     learner.save({"train_log.json": {"examples": len(examples), "steps": step, "grad_accum": sizes.grad_accum,
@@ -118,26 +120,24 @@ def train_loop(config: dict) -> None:
 def run(ctx: StageContext) -> StageResult:
     import pyarrow.parquet as pq
 
-    from polya.models import resolve
+    from polya import storage
 
-    m = ctx.settings
+    m, spec = ctx.settings, ctx.run.spec
     art, cached = ctx.begin()
     if cached:
         return cached
-    storage_root = Path(ctx.store.root)
-    ckpt_root = storage_root / "checkpoints" / ctx.stage.name / art.key
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    sft_path = ctx.inputs[Stage.FILTER].local / "sft.parquet"
-    if pq.read_metadata(sft_path).num_rows == 0:
+    data = ctx.inputs[Stage.FILTER]
+    if pq.read_metadata(data.fetch() / SFT_FILE).num_rows == 0:
         raise RuntimeError("mid-training has no data: filtering kept no trace (raise samplesPerHeuristic or check "
                            "the model's answers in filter/verdicts.parquet)")
     job = SFTJob(
-        learner=LearnerJob(model_path=resolve(ctx.run.spec.model.name), out_dir=str(art.local),
-                           ckpt_root=str(ckpt_root), seed=ctx.run.spec.seed,
+        learner=LearnerJob(model=spec.model.name, revision=spec.model.revision,
+                           trust_remote_code=spec.model.trustRemoteCode, out_uri=art.uri,
+                           ckpt_uri=ctx.store.child("checkpoints", ctx.stage.name, art.key), seed=spec.seed,
                            crash_after_step=int(os.environ.get("POLYA_CRASH_AFTER_STEP", "0"))),  # tests only
-        train=m, sft_path=str(sft_path), few_shot=ctx.run.spec.heuristics.fewShot)
-    fit(train_loop, job, m, f"{ctx.stage.name}-{art.key}", storage_root / "ray", "mid-training")
-    train_log = json.loads((art.local / "train_log.json").read_text())
+        train=m, data_uri=data.uri, few_shot=spec.heuristics.fewShot)
+    fit(train_loop, job, m, f"{ctx.stage.name}-{art.key}", ctx.store.uri, "mid-training")
+    train_log = storage.read_json(art.child("train_log.json"))
     rows = train_log["log"]
     figures = {"examples": train_log["examples"], "steps": train_log["steps"],
                "loss_first": rows[0]["loss"] if rows else float("nan"), "loss_last": rows[-1]["loss"] if rows else float("nan")}

@@ -12,7 +12,7 @@ from polya import metrics
 from polya.data import load_questions
 from polya.engines.base import Sampling
 from polya.heuristics import render_prompt, select
-from polya.models import resolve
+from polya.models import load_tokenizer
 from polya.stages.common import StageContext, StageResult, generate_all, log, rollout_service, run_async
 
 NO_HEURISTIC = "none"
@@ -21,7 +21,6 @@ NO_HEURISTIC = "none"
 def run(ctx: StageContext) -> StageResult:
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from transformers import AutoTokenizer
 
     spec = ctx.run.spec
     gen = ctx.settings
@@ -34,13 +33,12 @@ def run(ctx: StageContext) -> StageResult:
     if report.rejected:
         log.warning("dataset: %s", report.summary())
     heuristics = [None] if ctx.arm.heuristic_free else select(spec.heuristics.count, spec.heuristics.names)
-    model_path = resolve(spec.model.name)
-    tok = AutoTokenizer.from_pretrained(model_path)
+    tok = load_tokenizer(spec.model.name, spec.model)
     jobs = [(q, h) for q in questions for h in heuristics]
     prompts = [render_prompt(tok, q.question, h, few_shot=spec.heuristics.fewShot) for q, h in jobs]
     sampling = Sampling(temperature=gen.temperature, top_p=gen.topP, max_tokens=gen.maxTokens,
                         n=gen.samplesPerHeuristic, seed=spec.seed, logprobs=False)  # unused: ~15% faster
-    cfg = ctx.engine(gen, model_path, served_name=spec.model.name)
+    cfg = ctx.engine(gen, spec.model.name, served_name=spec.model.name)
     with rollout_service(ctx, cfg, gen, name=f"{ctx.stage.name}-{ctx.arm.name}") as handle:
         groups, wall = run_async(generate_all(handle, prompts, sampling, desc="self-generation",
                                               progress=ctx.progress, concurrency=2 * gen.replicas))

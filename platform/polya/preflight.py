@@ -1,0 +1,39 @@
+"""Before a run starts: is its storage reachable and are its models where the spec says? One line per
+problem, naming the spec field and the fix — instead of a traceback from a worker minutes later."""
+from __future__ import annotations
+
+from polya.spec import PolyaRun
+
+
+def _storage(uri: str) -> str | None:
+    from polya import storage
+
+    if not storage.is_remote(uri):
+        return None
+    fs, path = storage.filesystem(uri)
+    bucket = path.split("/", 1)[0]
+    try:
+        if not fs.exists(bucket):
+            return (f"storage.uri: bucket {bucket!r} does not exist or these credentials cannot see it "
+                    f"(create it, or fix the URI or the stage pods' credentials)")
+    except Exception as exc:  # noqa: BLE001 - backends raise their own types (botocore, gcsfs, …)
+        return f"storage.uri: {uri} cannot be reached: {str(exc).splitlines()[0] or type(exc).__name__}"
+    return None
+
+
+def problems(run: PolyaRun) -> list[str]:
+    """What would stop ``run``, one line each (empty when it can start)."""
+    from polya.models import ModelNotAvailable, resolve
+
+    spec = run.spec
+    found = [p for p in [_storage(spec.storage.uri)] if p]
+    models = [(spec.model.name, spec.model.revision, "model.name")]
+    rm = spec.filtering.rewardModel
+    if rm.name:
+        models.append((rm.name, None, "filtering.rewardModel.name"))
+    for name, revision, field in models:
+        try:
+            resolve(name, revision, field=field, download=False)
+        except ModelNotAvailable as exc:
+            found.append(str(exc))
+    return found
