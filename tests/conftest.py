@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 
@@ -29,6 +30,35 @@ def _free_port() -> int:
 
 #: Serve's HTTP port for this test session: a free one, so parallel runs on one machine do not collide
 SERVE_PORT = _free_port()
+
+
+def tiny_run(model: Path, storage: Path, grpo_lr: float = 1e-3, grpo_steps: int = 2) -> dict:
+    """Every stage on a tiny model in seconds (the pipeline and storage tests)."""
+    return {
+        "apiVersion": "polya.dev/v1alpha1", "kind": "PolyaRun", "metadata": {"name": "tiny-e2e"},
+        "spec": {
+            "model": {"name": str(model), "dtype": "float32", "maxModelLen": 1024},
+            "dataset": {"source": "builtin:arithmetic", "limit": 3, "difficulty": [1]},
+            "heuristics": {"count": 1, "fewShot": False},
+            "storage": {"uri": str(storage)},
+            "selfGeneration": {"samplesPerHeuristic": 2, "maxTokens": 8},
+            # a random model is never right: admit its incorrect traces so mid-training has data
+            "filtering": {"keepIncorrect": 1.0, "verifyWorkers": 1},
+            "midTraining": {"epochs": 1, "batchSize": 2, "workers": 1, "zeroStage": 0, "precision": "fp32",
+                            "learningRate": 1e-3},
+            "grpo": {"steps": grpo_steps, "promptsPerStep": 2, "groupSize": 2, "workers": 1, "zeroStage": 0,
+                     "precision": "fp32", "klCoef": 0.0, "learningRate": grpo_lr, "checkpointEvery": 1,
+                     "weightSync": "objectStore",  # test_grpo.py covers the default (collective) path
+                     "rollout": {"maxTokens": 8}},
+            "evaluation": {"samples": 2, "k": [1, 2], "maxTokens": 8,
+                           "benchmarks": [{"name": "arith", "source": "builtin:arithmetic", "seed": 7, "limit": 2}]},
+        },
+    }
+
+
+def events(output: str) -> list[dict]:
+    """The JSON event lines `polya run` prints when not on a terminal."""
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{\"event\"")]
 
 
 @pytest.fixture
@@ -60,7 +90,7 @@ def ray_session():
 
     from polya.serve.launch import ensure_ray, ensure_serve
 
-    ensure_ray(num_cpus=2)
+    ensure_ray()  # the cores + 1 logical CPUs: 2 learners beside token-CPU replicas on a 2-core machine
     ensure_serve(http_port=SERVE_PORT)  # the first start fixes the port for the whole session
     yield ray
     serve.shutdown()

