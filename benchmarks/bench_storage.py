@@ -46,7 +46,9 @@ def checkpoint_bytes(uri: str) -> int:
 
     sizes = storage.listing(storage.join(uri, "checkpoints", "grpo"))
     per_step: dict[str, int] = {}
-    for rel, size in sizes.items():
+    for rel, size in sizes.items():  # <key>/step_N/...: the checkpoint's own files, not the parts records
+        if "/.parts/" in rel:
+            continue
         step = rel.split("/")[1]
         per_step[step] = per_step.get(step, 0) + size
     return max(per_step.values())
@@ -68,6 +70,7 @@ def main() -> None:
     try:
         runs = {"local-1": str(root / "local-1"), "s3": f"{bucket}/run", "local-2": str(root / "local-2")}
         out = {name: grpo_stage(uri, args.steps) for name, uri in runs.items()}
+        size = checkpoint_bytes(runs["s3"])
     finally:
         server.stop()
     base_name = min(("local-1", "local-2"), key=lambda n: out[n][0])
@@ -77,7 +80,6 @@ def main() -> None:
               f"checkpoint {figures['checkpoint_s']:6.2f} s each")
     print(f"baseline: {base_name} (local disk, the faster of two)")
     print(f"S3 (moto, loopback): +{s3 - base:.1f} s per stage, ratio S3/local {s3 / base:.3f}")
-    size = checkpoint_bytes(runs["s3"])
     print(f"per checkpoint uploaded: {size / 1e6:.0f} MB in {out['s3'][1]['checkpoint_s']:.2f} s "
           f"({size / 1e6 / max(out['s3'][1]['checkpoint_s'], 1e-9):.0f} MB/s)")
 

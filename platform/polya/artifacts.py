@@ -52,6 +52,8 @@ def fetch_uri(uri: str) -> Path:
         return storage.fetch(uri)
     root, sub = uri, ""
     for _ in range(3):  # the manifest sits at the artifact's root: at most a couple of levels up
+        if root.partition("://")[2].count("/") < 1:
+            break  # a bucket's root: no artifact holds it
         if storage.exists(storage.join(root, MANIFEST)):
             files = storage.read_json(storage.join(root, MANIFEST)).get("files", {})
             prefix = sub + "/" if sub else ""

@@ -81,6 +81,8 @@ def _report(run: PolyaRun, results: dict, uri: str, live: bool) -> None:
     from polya.analysis.report import build_report
 
     out_dir = storage.staging_dir(uri, "report")
+    if storage.is_remote(uri):
+        storage.remove(str(out_dir))  # an earlier run's staging
     path = build_report(run, results, out_dir)
     if storage.is_remote(uri):
         storage.push(out_dir, uri)

@@ -8,8 +8,9 @@ environment). On local storage every function works in place. On an object store
 * `fetch(uri)` downloads the tree under ``uri`` once per node into ``$POLYA_CACHE/storage/<hash>/``
   (under a file lock, so the processes of one node share one copy) and checks every file's size against
   the listing and, where the artifact's manifest records it, its sha256;
-* `local_dir(uri)` is where this node's processes write files for ``uri``, and `push` uploads them with
-  their sizes and hashes in a part file (``.parts/<id>.json``) that the manifest is later built from.
+* `local_dir(uri)` is where this node's processes write files for ``uri`` (apart from the fetched copies),
+  and `push` uploads them with their sizes and hashes in a part file (``.parts/<id>.json``) that the
+  manifest is later built from.
 """
 from __future__ import annotations
 
@@ -53,9 +54,12 @@ def join(uri: str, *parts: str) -> str:
 
 
 def filesystem(uri: str):
-    """(fsspec filesystem, path inside it) for ``uri``."""
+    """(fsspec filesystem, path inside it) for ``uri``. Object stores list without fsspec's listings cache:
+    other processes write under the same prefixes (a cached listing would hide their files)."""
     import fsspec
 
+    if is_remote(uri):
+        return fsspec.core.url_to_fs(uri, use_listings_cache=False)
     return fsspec.core.url_to_fs(uri)
 
 
@@ -122,8 +126,9 @@ def _node_dir(uri: str) -> Path:
 
 
 def local_dir(uri: str) -> Path:
-    """Where this node writes (and fetches) ``uri``: the folder itself on local storage."""
-    return local_path(uri) if not is_remote(uri) else _node_dir(uri)
+    """Where this node writes ``uri`` before pushing it: the folder itself on local storage (a node-local
+    folder apart from `fetch`'s copies on an object store)."""
+    return staging_dir(uri, "write")
 
 
 def staging_dir(uri: str, writer: str) -> Path:
@@ -169,28 +174,39 @@ def parts(uri: str) -> dict[str, dict[str, Any]]:
     return merged
 
 
+def _signature(uri: str, expected: dict[str, dict[str, Any]]) -> str:
+    """What a node-local copy was fetched against: the expected files, else the current listing."""
+    basis = expected or listing(uri)
+    return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()
+
+
 def fetch(uri: str, expected: dict[str, dict[str, Any]] | None = None) -> Path:
     """A local folder holding the tree under ``uri``: the folder itself on local storage, else a node-local
-    copy downloaded once (a copy missing its completion mark is a crashed download: fetched again).
-    ``expected`` (relative path -> size, sha256) is checked after the download."""
+    copy downloaded once per node. ``expected`` (relative path -> size, sha256) is checked after the
+    download; a copy whose completion mark records other expectations (or another listing) than now, or
+    none (a crashed download), is fetched again."""
     if not is_remote(uri):
         path = local_path(uri)
         if not path.exists():
             raise StorageError(f"{uri}: no such file or folder")
         return path
-    dest = _node_dir(uri)
-    if (dest / COMPLETE).exists():
+    dest, signature = _node_dir(uri), _signature(uri, expected or {})
+    mark = dest / COMPLETE
+    if mark.exists() and mark.read_text() == signature:
         return dest
     with file_lock(dest.with_name(dest.name + ".lock")):
-        if not (dest / COMPLETE).exists():
-            _download(uri, dest, expected or {})
+        if not (mark.exists() and mark.read_text() == signature):
+            _download(uri, dest, expected or {}, signature)
     return dest
 
 
-def _download(uri: str, dest: Path, expected: dict[str, dict[str, Any]]) -> None:
+def _download(uri: str, dest: Path, expected: dict[str, dict[str, Any]], signature: str) -> None:
     sizes = listing(uri)
     if not sizes:
         raise StorageError(f"{uri}: nothing stored there")
+    missing = sorted(set(expected) - set(sizes))
+    if missing:
+        raise StorageError(f"{uri}: {len(missing)} file(s) the manifest lists are not in storage, e.g. {missing[0]}")
     fs, root = filesystem(uri)
     tmp = dest.with_name(f"{dest.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -203,6 +219,6 @@ def _download(uri: str, dest: Path, expected: dict[str, dict[str, Any]]) -> None
             raise StorageError(f"{uri}/{rel}: downloaded {target.stat().st_size} bytes, expected {want.get('size', size)}")
         if "sha256" in want and sha256(target) != want["sha256"]:
             raise StorageError(f"{uri}/{rel}: sha256 differs from the manifest's (a corrupt or replaced object)")
-    (tmp / COMPLETE).write_text("")
+    (tmp / COMPLETE).write_text(signature)
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)

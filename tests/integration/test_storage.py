@@ -144,6 +144,10 @@ def test_two_arm_run_on_s3_across_two_nodes(ray_two_nodes, s3_server, tiny_model
     assert grpo["placement"] == {"learner": cluster.worker.node_id, "rollout": cluster.worker.node_id}
     assert "model/model.safetensors" in grpo["files"]
     assert client.exists(f"{bucket[len('s3://'):]}/run/report/report.md")
+    # the worker node fetched what its processes read into its own cache (the audit hook sees Python's
+    # opens, not Arrow's or safetensors': this shows the mid-training data and the models came from S3)
+    fetched = {p.name for p in cluster.worker.cache.glob("storage/*/**/*") if p.is_file()}
+    assert {"sft.parquet", "model.safetensors", "config.json"} <= fetched, sorted(fetched)[:20]
     assert cluster.violations() == []
 
 
@@ -178,7 +182,14 @@ def test_grpo_dies_after_step_2_and_resumes_at_step_3_from_s3(s3_server, tiny_mo
         # steps 1-2 come from the checkpoint's log; the rerun computed 3 and 4, on the fresh worker node
         assert [(r["step"], r["resumed_from"]) for r in rows] == [(1, 0), (2, 0), (3, 2), (4, 2)]
         assert {r["node"] for r in rows[2:]} == {fresh.worker.node_id}
-        assert grpo["figures"]["checkpoint_s"] > 0
+        # the scheduler came back too: the cosine keeps decaying (a fresh one would repeat step 1's rate)
+        lrs = [r["lr"] for r in rows]
+        assert lrs == sorted(lrs, reverse=True) and len(set(lrs)) == 4, lrs
+        # what a checkpoint is in S3: DeepSpeed's files, the RNG per rank, the state last
+        step4 = {p.split("/step_4/")[1] for p in client.find(f"{bucket[len('s3://'):]}/run/checkpoints/grpo")
+                 if "/step_4/" in p}
+        assert {"rng_0.pt", "polya_state.json", "ds/mp_rank_00_model_states.pt"} <= step4, sorted(step4)
+        assert grpo["figures"]["checkpoint_s"] > 0  # measured on S3 (0 on local storage)
         assert fresh.violations() == []
     finally:
         fresh.stop()

@@ -155,22 +155,28 @@ class Learner:
                                                                  lr_scheduler=scheduler, config=ds)
 
     def resume(self) -> dict[str, Any] | None:
-        """Load the latest complete checkpoint in storage (model, optimizer, scheduler, RNG); its state, or None."""
+        """Load the latest complete checkpoint in storage (model, optimizer, scheduler, RNG); its state, or None.
+        On an object store it is fetched once per node and every file checked against the hashes its
+        writers pushed."""
         import torch
 
-        from polya.artifacts import fetch_uri
+        from polya import storage
 
         latest = latest_checkpoint(self.job.ckpt_uri)
         if latest is None:
             return None
-        folder = fetch_uri(latest)
+        folder = storage.fetch(latest, storage.parts(latest) if storage.is_remote(latest) else None)
         self.engine.load_checkpoint(str(folder), tag=CKPT_TAG)
-        torch.set_rng_state(torch.load(folder / f"rng_{self.rank}.pt"))
+        rng = torch.load(folder / f"rng_{self.rank}.pt", weights_only=False)
+        torch.set_rng_state(rng["cpu"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
         return json.loads((folder / CKPT_STATE).read_text())
 
     def checkpoint(self, step: int, state: dict[str, Any]) -> float:
-        """Collective: every rank writes its shards and RNG in its node's folder, one rank per node pushes
-        them, then rank 0 writes ``state`` last. Returns the seconds spent pushing (0 on local storage)."""
+        """Collective: every rank writes its shards and RNG in its node's staging folder, one rank per node
+        pushes them, then rank 0 writes ``state`` last. Returns the seconds spent getting the checkpoint into
+        an object store (hashing, upload, state file), 0 on local storage (written in place)."""
         import time
 
         import torch
@@ -178,23 +184,27 @@ class Learner:
         from polya import storage
 
         uri = storage.join(self.job.ckpt_uri, f"step_{step}")
-        target = storage.local_dir(uri)
-        if storage.is_remote(uri) and self.node_leader:
+        remote = storage.is_remote(uri)
+        target = storage.staging_dir(uri, "checkpoint")
+        if remote and self.node_leader:
             storage.remove(str(target))  # a crashed attempt's files must not be pushed with these
+        if remote and self.rank == 0:
+            storage.remove(uri)  # nor the parts it pushed before dying
         torch.distributed.barrier()
         self.engine.save_checkpoint(str(target), tag=CKPT_TAG)
-        torch.save(torch.get_rng_state(), target / f"rng_{self.rank}.pt")
+        cuda = torch.cuda.get_rng_state() if torch.cuda.is_available() else None
+        torch.save({"cpu": torch.get_rng_state(), "cuda": cuda}, target / f"rng_{self.rank}.pt")
         torch.distributed.barrier()
         t0 = time.perf_counter()
-        if storage.is_remote(uri) and self.node_leader:
+        if remote and self.node_leader:
             storage.push(target, uri, skip=(CKPT_STATE,))
         torch.distributed.barrier()
         if self.rank == 0:
             storage.write_json(storage.join(uri, CKPT_STATE), {"step": step, **state})
         torch.distributed.barrier()
-        if storage.is_remote(uri) and self.node_leader:
+        if remote and self.node_leader:
             storage.remove(str(target))  # storage holds it now; a resume fetches it back
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0 if remote else 0.0
 
     def crash_if_asked(self, step: int) -> None:
         if step == self.job.crash_after_step:
