@@ -25,7 +25,7 @@ from polya.spec import TERMINAL_RUN_PHASES, StageStatus
 from polya_operator import metrics as M
 from polya_operator.children import (LABEL_RUN, RAY_GROUP, RAY_VERSION, RUN_GROUP, RUN_PLURAL, RUN_VERSION, Defaults,
                                      configmap_name, rayservice_name)
-from polya_operator.reconcile import Observed, reconcile
+from polya_operator.reconcile import VALIDATION_FAILED, Observed, reconcile
 
 log = logging.getLogger("polya-operator")
 TIMER_S = float(os.environ.get("POLYA_OPERATOR_TIMER_S", "10"))
@@ -222,7 +222,9 @@ def on_tick(name: str, namespace: str, status: dict, **_: Any) -> None:
 
 @kopf.on.event(RAY_GROUP, RAY_VERSION, "rayjobs", labels={LABEL_RUN: kopf.PRESENT})
 def on_rayjob(body: dict, namespace: str, type: str, **_: Any) -> None:
-    if type in ("ADDED", "MODIFIED") and (body.get("status") or {}).get("jobStatus"):
+    status = body.get("status") or {}
+    over = status.get("jobStatus") or status.get("jobDeploymentStatus") == VALIDATION_FAILED
+    if type in ("ADDED", "MODIFIED") and over:
         _guarded(namespace, body["metadata"]["labels"][LABEL_RUN])
 
 

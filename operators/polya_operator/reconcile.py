@@ -118,11 +118,19 @@ def _condition(status: PolyaRunStatus, ctype: str, value: bool, reason: str, mes
                                        lastTransitionTime=_ts(now)))
 
 
+#: KubeRay's deployment status for a RayJob it refuses before running anything (e.g. a name over 47
+#: characters): ``jobStatus`` stays empty, so only this says the job is over; a retry would be refused too
+VALIDATION_FAILED = "ValidationFailed"
+
+
 def _job_state(job: dict[str, Any]) -> str:
+    """succeeded | failed | invalid (KubeRay refused the RayJob: never retried) | running."""
     st = job.get("status") or {}
     jstat = (st.get("jobStatus") or "").upper()
     if jstat in SUCCEEDED:
         return "succeeded"
+    if (st.get("jobDeploymentStatus") or "") == VALIDATION_FAILED:
+        return "invalid"
     if jstat in FAILED or (st.get("jobDeploymentStatus") or "") == "Failed":
         return "failed"
     return "running"
@@ -200,7 +208,9 @@ def _advance_running(p: _Pass, step: PlannedStage, st: StageStatus) -> _Walk | L
         _succeed(p, step, st)
         return "next"
     reason = (job.get("status") or {}).get("message") or (job.get("status") or {}).get("reason") or "RayJob failed"
-    if st.attempts <= p.spec.maxStageRetries:
+    if state == "invalid":
+        reason = f"KubeRay refused the RayJob ({VALIDATION_FAILED}): {reason}"
+    elif st.attempts <= p.spec.maxStageRetries:
         st.phase = "Pending"
         st.message = f"attempt {st.attempts} failed: {reason}; retrying in {backoff(st.attempts):.0f}s"
         p.event("Warning", "StageRetrying", f"{step.key}: {st.message}")

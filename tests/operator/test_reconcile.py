@@ -143,6 +143,22 @@ def test_failure_retries_with_backoff_then_fails_the_run(run):
     assert step(run, Observed(configmap=True), T0 + timedelta(hours=1)).create == []
 
 
+def test_a_rayjob_kuberay_refuses_fails_its_stage_at_once_with_kuberays_message(run):
+    """KubeRay sets jobDeploymentStatus ValidationFailed (jobStatus stays empty) for a RayJob it refuses:
+    the stage fails with its message, without retries (the same RayJob would be refused again)."""
+    run["spec"]["maxStageRetries"] = 3
+    job = step(run, Observed()).create[1]
+    refused = copy.deepcopy(job)
+    refused["status"] = {"jobDeploymentStatus": "ValidationFailed",
+                         "message": "RayJob name should be no more than 47 characters"}
+    d = step(run, Observed(rayjobs={job["metadata"]["name"]: refused}, configmap=True))
+    st = d.status["stages"][0]
+    assert st["phase"] == "Failed" and st["attempts"] == 1 and d.create == []
+    assert d.status["phase"] == "Failed"
+    assert d.status["message"] == ("stage base/evaluate failed after 1 attempt(s): KubeRay refused the RayJob "
+                                   "(ValidationFailed): RayJob name should be no more than 47 characters")
+
+
 def test_backoff_grows_and_caps():
     assert [backoff(a) for a in (1, 2, 3)] == [10, 20, 40]
     assert backoff(20) == 300
