@@ -40,7 +40,7 @@ class Artifact:
 
     def fetch(self, sub: str = "") -> Path:
         """A local folder holding the complete artifact (or its ``sub`` folder), checked against the manifest."""
-        return fetch_uri(storage.join(self.uri, sub) if sub else self.uri)
+        return fetch_uri(self.child(sub) if sub else self.uri)
 
     def child(self, sub: str) -> str:
         return storage.join(self.uri, sub)
@@ -68,10 +68,6 @@ class ArtifactStore:
     def __init__(self, uri: str):
         self.uri = uri.rstrip("/") if storage.is_remote(uri) else str(storage.local_path(uri))
         # (a relative local path is taken from the directory `polya run` starts in; workers get absolute URIs)
-
-    @property
-    def remote(self) -> bool:
-        return storage.is_remote(self.uri)
 
     def child(self, *parts: str) -> str:
         return storage.join(self.uri, *parts)

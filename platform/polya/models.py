@@ -172,8 +172,7 @@ def load_tokenizer(ref: str, model: "ModelSpec"):
     """The tokenizer of a model reference of this run (the base model's revision when ``ref`` is the base)."""
     from transformers import AutoTokenizer
 
-    revision = model.revision if ref == model.name else None
-    return AutoTokenizer.from_pretrained(resolve(ref, revision), trust_remote_code=model.trustRemoteCode)
+    return AutoTokenizer.from_pretrained(resolve(ref, model.revision_for(ref)), trust_remote_code=model.trustRemoteCode)
 
 
 def prepare_all(verbose: bool = True) -> dict[str, Path]:

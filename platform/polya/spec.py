@@ -124,6 +124,11 @@ class ModelSpec(_Model):
     def _name(cls, v: str) -> str:
         return _check_source(v, what="model.name", builtins=BUILTIN_MODELS)
 
+    def revision_for(self, ref: str) -> str | None:
+        """The hub revision of a model reference of this run: ``revision`` for the base model itself,
+        none for anything derived from it (an artifact's ``model/``)."""
+        return self.revision if ref == self.name else None
+
 
 class QuestionSourceSpec(_Model):
     """Where questions and gold answers come from, and which fields hold them."""

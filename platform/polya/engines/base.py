@@ -125,7 +125,7 @@ class EngineConfig:
                    max_num_seqs=block.maxNumSeqs, seed=seed, served_name=served_name or ref,
                    enforce_eager=block.gpusPerReplica == 0,
                    gpu_memory_utilization=gpu_memory_share(block.gpusPerReplica),
-                   revision=model.revision if ref == model.name else None, trust_remote_code=model.trustRemoteCode)
+                   revision=model.revision_for(ref), trust_remote_code=model.trustRemoteCode)
 
     def resolved(self) -> "EngineConfig":
         """This config with its model fetched to this node (`polya.models.resolve`); OpenAI URLs unchanged."""

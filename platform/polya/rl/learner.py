@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
@@ -107,7 +106,6 @@ class Learner:
         from transformers import AutoTokenizer
 
         from polya.hardware import learner_setup
-
         from polya.models import resolve
 
         ctx = ray.train.get_context()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from typing import Any, Iterator
 from polya.artifacts import Artifact, ArtifactStore
 from polya.engines.base import EngineConfig, Sampling
 from polya.recipe import ARMS, STAGES, Arm, ArmDef, Stage, StageDef, cache_key
+from polya.rl.learner import LearnerJob
 from polya.spec import EngineSpec, PolyaRun
 
 log = logging.getLogger(__package__.split(".")[0])
@@ -62,6 +64,14 @@ class StageContext:
             return art, StageResult(art.uri, art.manifest()["figures"], skipped=True)
         self.store.begin(art)
         return art, None
+
+    def learner_job(self, art: Artifact, model: str) -> LearnerJob:
+        """Where this stage's learners start (``model``: a reference) and write (``art``, its checkpoints)."""
+        spec = self.run.spec
+        return LearnerJob(model=model, revision=spec.model.revision_for(model),
+                          trust_remote_code=spec.model.trustRemoteCode, out_uri=art.uri,
+                          ckpt_uri=self.store.child("checkpoints", self.stage.name, art.key), seed=spec.seed,
+                          crash_after_step=int(os.environ.get("POLYA_CRASH_AFTER_STEP", "0")))  # tests only
 
     def engine(self, block: EngineSpec, model_path: str, served_name: str | None = None) -> EngineConfig:
         return EngineConfig.from_spec(self.run.spec.model, block, model_path, self.run.spec.seed, served_name)

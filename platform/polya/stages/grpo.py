@@ -24,7 +24,6 @@ and replicas get the starting model as a reference (the run's model or the mid-t
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -316,11 +315,7 @@ def run(ctx: StageContext) -> StageResult:
     start = ctx.inputs[MODEL_SLOT].child("model") if MODEL_SLOT in ctx.inputs else spec.model.name
     app = f"{ctx.stage.name}-{ctx.arm.name}"
     job = GRPOJob(
-        learner=LearnerJob(model=start, revision=spec.model.revision if start == spec.model.name else None,
-                           trust_remote_code=spec.model.trustRemoteCode, out_uri=art.uri,
-                           ckpt_uri=ctx.store.child("checkpoints", ctx.stage.name, art.key), seed=spec.seed,
-                           crash_after_step=int(os.environ.get("POLYA_CRASH_AFTER_STEP", "0"))),  # tests only
-        grpo=g, dataset=spec.dataset, few_shot=spec.heuristics.fewShot, verify_workers=spec.filtering.verifyWorkers,
+        learner=ctx.learner_job(art, start), grpo=g, dataset=spec.dataset, few_shot=spec.heuristics.fewShot, verify_workers=spec.filtering.verifyWorkers,
         verify_timeout=spec.filtering.verifyTimeoutSeconds, app=app)
     cfg = ctx.engine(g.rollout, start, served_name=f"{spec.model.name}@{ctx.stage.name}")
     with rollout_service(ctx, cfg, g.rollout, name=app) as handle:

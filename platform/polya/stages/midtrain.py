@@ -15,7 +15,6 @@ workers read the filter's artifact by its URI (`polya.artifacts.fetch_uri`), nev
 from __future__ import annotations
 
 import math
-import os
 import random
 from dataclasses import dataclass
 
@@ -131,11 +130,7 @@ def run(ctx: StageContext) -> StageResult:
         raise RuntimeError("mid-training has no data: filtering kept no trace (raise samplesPerHeuristic or check "
                            "the model's answers in filter/verdicts.parquet)")
     job = SFTJob(
-        learner=LearnerJob(model=spec.model.name, revision=spec.model.revision,
-                           trust_remote_code=spec.model.trustRemoteCode, out_uri=art.uri,
-                           ckpt_uri=ctx.store.child("checkpoints", ctx.stage.name, art.key), seed=spec.seed,
-                           crash_after_step=int(os.environ.get("POLYA_CRASH_AFTER_STEP", "0"))),  # tests only
-        train=m, data_uri=data.uri, few_shot=spec.heuristics.fewShot)
+        learner=ctx.learner_job(art, spec.model.name), train=m, data_uri=data.uri, few_shot=spec.heuristics.fewShot)
     fit(train_loop, job, m, f"{ctx.stage.name}-{art.key}", ctx.store.uri, "mid-training")
     train_log = storage.read_json(art.child("train_log.json"))
     rows = train_log["log"]
