@@ -9,6 +9,7 @@ Names are deterministic, so a restarted operator finds (adopts) what exists inst
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,8 +42,22 @@ class Defaults:
     ttl_seconds_after_finished: int = 600
 
 
+#: KubeRay refuses a RayJob (ValidationFailed) whose name is longer: it appends "-<5 chars>" for the
+#: RayCluster and "-head-svc" for its Service, which must stay within 63
+MAX_RAYJOB_NAME = 47
+#: the Kueue label that hands a RayJob to a LocalQueue (Kueue unsuspends it when the gang fits)
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+
+
 def child_name(run_name: str, arm: str, stage: str, attempt: int) -> str:
-    return f"{run_name}-{arm}-{stage}-{attempt}"
+    """``<run>-<arm>-<stage>-<attempt>`` when that fits KubeRay's 47 characters, else the longest prefix
+    of it that leaves room for ``-<6 hex of sha256(full name)>`` (deterministic, so a restarted operator
+    adopts it; the step and attempt are in the labels and the run's status)."""
+    full = f"{run_name}-{arm}-{stage}-{attempt}"
+    if len(full) <= MAX_RAYJOB_NAME:
+        return full
+    digest = hashlib.sha256(full.encode()).hexdigest()[:6]
+    return f"{full[:MAX_RAYJOB_NAME - 7].rstrip('-')}-{digest}"
 
 
 def configmap_name(run_name: str) -> str:
@@ -121,12 +136,14 @@ def _pod_template(run: dict[str, Any], spec: PolyaRunSpec, defaults: Defaults, c
 
 
 def ray_cluster_spec(run: dict[str, Any], spec: PolyaRunSpec, stage: Stage | str,
-                     defaults: Defaults) -> dict[str, Any]:
-    """A Ray cluster sized for ``stage``: one worker pod per actor the stage table says it needs (GPU
-    pods rounded up to whole GPUs), or one CPU worker when the stage needs no GPU."""
-    actors, per_actor = STAGES[Stage(stage)].accelerators(spec)
+                     defaults: Defaults, also: tuple[Stage, ...] = ()) -> dict[str, Any]:
+    """A Ray cluster sized for ``stage`` (plus the actors of the stages in ``also``, which share it): one
+    worker pod per GPU actor the stage table says they need (rounded up to whole GPUs, the largest actor
+    sizing every pod), or one CPU worker when none needs a GPU."""
+    needs = [STAGES[Stage(s)].accelerators(spec) for s in (stage, *also)]
+    per_actor = max(g for _, g in needs)
     gpus_per_pod = math.ceil(per_actor) if per_actor else 0
-    workers = actors if gpus_per_pod else 1
+    workers = sum(n for n, g in needs if g) if gpus_per_pod else 1
     cpu = f"{spec.cluster.cpusPerWorker:g}"
     return {
         "rayVersion": spec.cluster.rayVersion,
@@ -148,26 +165,39 @@ def ray_cluster_spec(run: dict[str, Any], spec: PolyaRunSpec, stage: Stage | str
 def rayjob(run: dict[str, Any], spec: PolyaRunSpec, arm: str, stage: str, attempt: int,
            defaults: Defaults) -> dict[str, Any]:
     name = child_name(run["metadata"]["name"], arm, stage, attempt)
+    labels = {LABEL_STEP: f"{arm}.{stage}", LABEL_ATTEMPT: str(attempt)}
+    job_spec: dict[str, Any] = {
+        "entrypoint": f"polya stage {stage} --spec {SPEC_MOUNT}/run.yaml --arm {arm}",
+        "shutdownAfterJobFinishes": True,
+        "ttlSecondsAfterFinished": defaults.ttl_seconds_after_finished,
+        "backoffLimit": 0,  # retries are the operator's (with backoff and a per-stage limit)
+        "rayClusterSpec": ray_cluster_spec(run, spec, stage, defaults),
+    }
+    if spec.cluster.activeDeadlineSeconds:
+        job_spec["activeDeadlineSeconds"] = spec.cluster.activeDeadlineSeconds
+    if spec.cluster.queueName:
+        # Kueue's documented contract: the queue label and a RayJob created suspended; Kueue admits the whole
+        # Ray cluster at once (gang) by setting suspend to false
+        labels[KUEUE_QUEUE_LABEL] = spec.cluster.queueName
+        job_spec["suspend"] = True
     return {
         "apiVersion": f"{RAY_GROUP}/{RAY_VERSION}",
         "kind": "RayJob",
-        "metadata": _meta(run, name, {LABEL_STEP: f"{arm}.{stage}", LABEL_ATTEMPT: str(attempt)}),
-        "spec": {
-            "entrypoint": f"polya stage {stage} --spec {SPEC_MOUNT}/run.yaml --arm {arm}",
-            "shutdownAfterJobFinishes": True,
-            "ttlSecondsAfterFinished": defaults.ttl_seconds_after_finished,
-            "backoffLimit": 0,  # retries are the operator's (with backoff and a per-stage limit)
-            "rayClusterSpec": ray_cluster_spec(run, spec, stage, defaults),
-        },
+        "metadata": _meta(run, name, labels),
+        "spec": job_spec,
     }
 
 
-def rayservice(run: dict[str, Any], spec: PolyaRunSpec, defaults: Defaults) -> dict[str, Any]:
+def rayservice(run: dict[str, Any], spec: PolyaRunSpec, defaults: Defaults, model: str | None) -> dict[str, Any]:
+    """The run's endpoints: the rollout app serves ``model`` (the run's final model: the main arm's last
+    trained model in storage; the base model when the run trains none) and the reward app the filter's
+    reward model, on one Ray cluster sized for both."""
     name = rayservice_name(run["metadata"]["name"])
+    rollout_args = {"spec": f"{SPEC_MOUNT}/run.yaml", **({"model": model} if model else {})}
     serve_config = {
         "applications": [
             {"name": "rollout", "route_prefix": "/", "import_path": "polya.serve.entry:rollout_app",
-             "args": {"spec": f"{SPEC_MOUNT}/run.yaml"}},
+             "args": rollout_args},
             {"name": "reward", "route_prefix": "/score", "import_path": "polya.serve.entry:reward_app",
              "args": {"spec": f"{SPEC_MOUNT}/run.yaml"}},
         ]
@@ -177,5 +207,5 @@ def rayservice(run: dict[str, Any], spec: PolyaRunSpec, defaults: Defaults) -> d
         "kind": "RayService",
         "metadata": _meta(run, name),
         "spec": {"serveConfigV2": yaml.safe_dump(serve_config, sort_keys=False),
-                 "rayClusterConfig": ray_cluster_spec(run, spec, Stage.EVALUATE, defaults)},
+                 "rayClusterConfig": ray_cluster_spec(run, spec, Stage.EVALUATE, defaults, also=(Stage.FILTER,))},
     }

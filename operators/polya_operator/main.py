@@ -12,11 +12,14 @@ import json
 import logging
 import os
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from typing import Any
 
 import kopf
 import kubernetes
+import yaml
 from kubernetes.client.rest import ApiException
 
 from polya.recipe import PlannedStage
@@ -29,6 +32,8 @@ from polya_operator.reconcile import VALIDATION_FAILED, Observed, reconcile
 
 log = logging.getLogger("polya-operator")
 TIMER_S = float(os.environ.get("POLYA_OPERATOR_TIMER_S", "10"))
+#: the finalizer kopf adds for timers and daemons (operators before 0.1.1 had a timer)
+KOPF_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
 
 
 def env_defaults(image: str | None = None) -> Defaults:
@@ -47,6 +52,53 @@ _defaults = env_defaults()
 _locks: dict[tuple[str, str], threading.Lock] = {}
 _locks_guard = threading.Lock()
 _api: dict[str, Any] = {}
+#: reconciles run here (not in kopf's executor): at shutdown the queued ones are dropped at once
+_pool = ThreadPoolExecutor(max_workers=int(os.environ.get("POLYA_OPERATOR_WORKERS", "16")),
+                           thread_name_prefix="reconcile")
+_stop = threading.Event()
+
+
+class ChildCache:
+    """What the operator knows of its children without asking the API server on every reconcile (the
+    informer pattern): RayJobs and RayServices from their watch streams plus the operator's own writes,
+    and each run's applied spec (its ConfigMap, written once and never changed). A LIST of RayJobs by label
+    per reconcile reads every RayJob of the namespace from etcd: at 1,000 runs that made the operator
+    quadratic. A stale entry costs at most a 409 (adopted) on create."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.rayjobs: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}  # (ns, run) -> name -> body
+        self.rayservices: set[tuple[str, str]] = set()  # (ns, name)
+        self.specs: dict[tuple[str, str], dict[str, Any]] = {}  # (ns, run uid) -> applied spec
+
+    def job_event(self, ns: str, run: str, body: dict[str, Any], deleted: bool) -> None:
+        with self._lock:
+            jobs = self.rayjobs.setdefault((ns, run), {})
+            if deleted:
+                jobs.pop(body["metadata"]["name"], None)
+            else:
+                old = jobs.get(body["metadata"]["name"])
+                if old is None or _rv(body) >= _rv(old):
+                    jobs[body["metadata"]["name"]] = body
+
+    def jobs_of(self, ns: str, run: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.rayjobs.get((ns, run), {}).values())
+
+    def forget(self, ns: str, run: str, uid: str | None) -> None:
+        with self._lock:
+            self.rayjobs.pop((ns, run), None)
+            self.specs.pop((ns, uid or ""), None)
+
+
+def _rv(body: dict[str, Any]) -> int:
+    try:
+        return int(body["metadata"].get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
+_cache = ChildCache()
 
 
 def _clients():
@@ -56,7 +108,9 @@ def _clients():
                 kubernetes.config.load_incluster_config()
             except kubernetes.config.ConfigException:
                 kubernetes.config.load_kube_config()
-            client = kubernetes.client.ApiClient()
+            conf = kubernetes.client.Configuration.get_default_copy()
+            conf.connection_pool_maxsize = _pool._max_workers + 4  # one keep-alive connection per worker
+            client = kubernetes.client.ApiClient(conf)
             _api.update(custom=kubernetes.client.CustomObjectsApi(client), core=kubernetes.client.CoreV1Api(client))
         return _api["custom"], _api["core"]
 
@@ -83,16 +137,23 @@ def _read_results(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _create(custom, core, ns: str, obj: dict[str, Any]) -> None:
     kind = obj["kind"]
+    run = obj["metadata"]["labels"][LABEL_RUN]
     try:
         if kind == "ConfigMap":
             core.create_namespaced_config_map(ns, obj)
         else:
             group, version = obj["apiVersion"].split("/")
-            custom.create_namespaced_custom_object(group, version, ns, kind.lower() + "s", obj)
+            made = custom.create_namespaced_custom_object(group, version, ns, kind.lower() + "s", obj)
+            if kind == "RayJob":
+                _cache.job_event(ns, run, made, deleted=False)
+            elif kind == "RayService":
+                _cache.rayservices.add((ns, obj["metadata"]["name"]))
         M.CHILDREN_CREATED.labels(kind).inc()
     except ApiException as exc:
         if exc.status != 409:  # 409: it exists (a restarted operator, a lagging cache): adopt it
             raise
+        if kind == "RayService":
+            _cache.rayservices.add((ns, obj["metadata"]["name"]))
 
 
 def _delete(custom, ns: str, kind: str, name: str) -> None:
@@ -101,6 +162,8 @@ def _delete(custom, ns: str, kind: str, name: str) -> None:
     except ApiException as exc:
         if exc.status != 404:
             raise
+    if kind == "RayService":
+        _cache.rayservices.discard((ns, name))
 
 
 def _event(core, run: dict[str, Any], etype: str, reason: str, message: str) -> None:
@@ -120,6 +183,33 @@ def _event(core, run: dict[str, Any], etype: str, reason: str, message: str) -> 
         log.warning("event %s for %s not posted: %s", reason, meta["name"], exc.reason)
 
 
+def _applied_spec(core, ns: str, run: dict[str, Any]) -> dict[str, Any] | None:
+    """The spec in the run's ConfigMap (None when there is none yet), read once per run."""
+    key = (ns, run["metadata"]["uid"])
+    if key in _cache.specs:
+        return _cache.specs[key]
+    try:
+        cm = core.read_namespaced_config_map(configmap_name(run["metadata"]["name"]), ns)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        return None
+    spec = (yaml.safe_load((cm.data or {}).get("run.yaml") or "{}") or {}).get("spec") or {}
+    _cache.specs[key] = spec
+    return spec
+
+
+def _strip_legacy_finalizer(custom, ns: str, run: dict[str, Any]) -> None:
+    """Operators before 0.1.1 ran a kopf timer, which made kopf put its finalizer on every run (kopf issue
+    1074): such a run could not be deleted once the operator was gone. This operator adds none; it takes
+    the old one off, so deleting a run never waits on the operator."""
+    finalizers = run["metadata"].get("finalizers") or []
+    if KOPF_FINALIZER in finalizers:
+        kept = [f for f in finalizers if f != KOPF_FINALIZER]
+        custom.patch_namespaced_custom_object(RUN_GROUP, RUN_VERSION, ns, RUN_PLURAL, run["metadata"]["name"],
+                                              {"metadata": {"finalizers": kept or None}})
+
+
 def reconcile_one(ns: str, name: str) -> float | None:
     """Read, decide, write. Returns seconds until a wanted requeue (backoff), if any."""
     custom, core = _clients()
@@ -129,26 +219,18 @@ def reconcile_one(ns: str, name: str) -> float | None:
         except ApiException as exc:
             if exc.status == 404:
                 M.record_phase(ns, name, None)
+                _cache.forget(ns, name, None)
                 return None
             raise
+        _strip_legacy_finalizer(custom, ns, run)
         if run["metadata"].get("deletionTimestamp"):
             return None
         uid = run["metadata"]["uid"]
-        jobs = custom.list_namespaced_custom_object(RAY_GROUP, RAY_VERSION, ns, "rayjobs",
-                                                    label_selector=f"{LABEL_RUN}={name}")["items"]
+        jobs = _cache.jobs_of(ns, name)
         observed = Observed(rayjobs={j["metadata"]["name"]: j for j in jobs if _owned(j, uid)})
-        try:
-            core.read_namespaced_config_map(configmap_name(name), ns)
-            observed.configmap = True
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
-        try:
-            custom.get_namespaced_custom_object(RAY_GROUP, RAY_VERSION, ns, "rayservices", rayservice_name(name))
-            observed.rayservice = True
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+        observed.applied_spec = _applied_spec(core, ns, run)
+        observed.configmap = observed.applied_spec is not None
+        observed.rayservice = (ns, rayservice_name(name)) in _cache.rayservices
         if any(((j.get("status") or {}).get("jobStatus") or "").upper() == "SUCCEEDED" for j in jobs):
             observed.results = _read_results(run)
 
@@ -157,6 +239,8 @@ def reconcile_one(ns: str, name: str) -> float | None:
                   decision.status.get("phase"), [o["metadata"]["name"] for o in decision.create])
         for obj in decision.create:
             _create(custom, core, ns, obj)
+            if obj["kind"] == "ConfigMap":
+                _cache.specs[(ns, uid)] = run["spec"]
         for kind, child in decision.delete:
             _delete(custom, ns, kind, child)
         old = run.get("status") or {}
@@ -170,7 +254,9 @@ def reconcile_one(ns: str, name: str) -> float | None:
         _observe_duration(decision.finished)
         stages = decision.status.get("stages") or []
         M.STAGE_PROGRESS.labels(ns, name).set(sum(s["phase"] == "Succeeded" for s in stages) / max(1, len(stages)))
-        M.record_phase(ns, name, decision.status.get("phase"))
+        phase = decision.status.get("phase")
+        M.record_phase(ns, name, phase)
+        _scheduler.track(ns, name, phase not in TERMINAL_RUN_PHASES, decision.requeue_after)
         return decision.requeue_after
 
 
@@ -184,17 +270,73 @@ def _observe_duration(finished: list[StageStatus]) -> None:
 
 
 def _guarded(ns: str, name: str) -> None:
+    if _stop.is_set():
+        return
     try:
         wait = reconcile_one(ns, name)
     except ApiException as exc:
         M.RECONCILE_ERRORS.labels(f"api-{exc.status}").inc()
-        raise kopf.TemporaryError(f"API error {exc.status}: {exc.reason}", delay=5)
-    except Exception as exc:
+        log.warning("%s/%s: API error %s: %s (retrying)", ns, name, exc.status, exc.reason)
+        _scheduler.track(ns, name, True, 5.0)
+        return
+    except Exception as exc:  # noqa: BLE001 - logged and retried; one run's bug never stops the others
         M.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
-        raise
+        log.exception("%s/%s: reconcile failed (retrying)", ns, name)
+        _scheduler.track(ns, name, True, 30.0)
+        return
     if wait:
-        # kopf's timer re-reconciles at least every TIMER_S; a shorter backoff is served by that tick
         log.info("%s/%s: next attempt in %.0fs", ns, name, wait)
+
+
+class Scheduler:
+    """Re-reconciles runs that are not finished: at a decided time (a retry's backoff) and otherwise every
+    ``TIMER_S`` (a safety net for a missed watch event). A plain thread, not a kopf timer: kopf puts its
+    finalizer on every object a timer watches (kopf issue 1074), so a run could not be deleted without the
+    operator."""
+
+    def __init__(self) -> None:
+        self._due: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+
+    def track(self, ns: str, name: str, active: bool, after: float | None = None) -> None:
+        with self._lock:
+            if not active:
+                self._due.pop((ns, name), None)
+            else:
+                self._due[(ns, name)] = time.monotonic() + min(after or TIMER_S, TIMER_S)
+
+    def loop(self) -> None:
+        while not _stop.wait(min(1.0, TIMER_S)):
+            now = time.monotonic()
+            with self._lock:
+                due = [key for key, at in self._due.items() if at <= now]
+                for key in due:
+                    self._due[key] = now + TIMER_S  # until the reconcile decides otherwise
+            for ns, name in due:
+                _submit(ns, name)
+
+
+_scheduler = Scheduler()
+_queued: set[tuple[str, str]] = set()
+_queued_guard = threading.Lock()
+
+
+def _submit(ns: str, name: str) -> None:
+    """Queue one reconcile of a run, unless one is already queued (a burst of events needs one pass)."""
+    with _queued_guard:
+        if (ns, name) in _queued or _stop.is_set():
+            return
+        _queued.add((ns, name))
+
+    def work() -> None:
+        with _queued_guard:
+            _queued.discard((ns, name))
+        _guarded(ns, name)
+
+    try:
+        _pool.submit(work)
+    except RuntimeError:  # the pool is shut down: the operator is stopping
+        pass
 
 
 # ------------------------------------------------------------------------------------------ handlers
@@ -204,33 +346,53 @@ def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="polya.dev")
     settings.posting.enabled = False  # we post our own, meaningful events
     settings.watching.server_timeout = 120
-    settings.execution.max_workers = 16
+    settings.execution.max_workers = 4  # kopf's own sync work is tiny: reconciles run in _pool
+    threading.Thread(target=_scheduler.loop, name="resync", daemon=True).start()
 
 
-@kopf.on.resume(RUN_GROUP, RUN_VERSION, RUN_PLURAL, backoff=5)
-@kopf.on.create(RUN_GROUP, RUN_VERSION, RUN_PLURAL, backoff=5)
-@kopf.on.update(RUN_GROUP, RUN_VERSION, RUN_PLURAL, backoff=5)
-def on_run(name: str, namespace: str, **_: Any) -> None:
-    _guarded(namespace, name)
+@kopf.on.cleanup()
+def _shutdown(**_: Any) -> None:
+    """SIGTERM: queued reconciles are dropped (a restarted operator redoes them from the API server's
+    state), in-flight ones finish (each is a handful of API calls)."""
+    _stop.set()
+    _pool.shutdown(wait=False, cancel_futures=True)
 
 
-@kopf.timer(RUN_GROUP, RUN_VERSION, RUN_PLURAL, interval=TIMER_S, sharp=False, backoff=5)
-def on_tick(name: str, namespace: str, status: dict, **_: Any) -> None:
-    if (status or {}).get("phase") not in TERMINAL_RUN_PHASES:
-        _guarded(namespace, name)
+@kopf.on.event(RUN_GROUP, RUN_VERSION, RUN_PLURAL)
+def on_run(body: dict, type: str | None, namespace: str, name: str, **_: Any) -> None:
+    """Watch events of PolyaRuns (no kopf handler state, no finalizer). A new run, one seen at startup,
+    a spec edit (generation ahead of status.observedGeneration) or a deletion gets a reconcile; the
+    status patches of the operator's own reconciles do not."""
+    if type == "DELETED":
+        M.record_phase(namespace, name, None)  # children go with the run (owner references + GC)
+        _scheduler.track(namespace, name, False)
+        _cache.forget(namespace, name, body["metadata"].get("uid"))
+        return
+    meta, status = body.get("metadata") or {}, body.get("status") or {}
+    fresh = type in (None, "ADDED") or meta.get("generation") != status.get("observedGeneration")
+    if fresh or KOPF_FINALIZER in (meta.get("finalizers") or []):
+        _submit(namespace, name)
+    elif status.get("phase") not in TERMINAL_RUN_PHASES:
+        _scheduler.track(namespace, name, True)
 
 
 @kopf.on.event(RAY_GROUP, RAY_VERSION, "rayjobs", labels={LABEL_RUN: kopf.PRESENT})
-def on_rayjob(body: dict, namespace: str, type: str, **_: Any) -> None:
+def on_rayjob(body: dict, namespace: str, type: str | None, **_: Any) -> None:
+    run = body["metadata"]["labels"][LABEL_RUN]
+    _cache.job_event(namespace, run, body, deleted=type == "DELETED")
     status = body.get("status") or {}
-    over = status.get("jobStatus") or status.get("jobDeploymentStatus") == VALIDATION_FAILED
-    if type in ("ADDED", "MODIFIED") and over:
-        _guarded(namespace, body["metadata"]["labels"][LABEL_RUN])
+    over = status.get("jobStatus") or status.get("jobDeploymentStatus") in (VALIDATION_FAILED, "Suspended", "Failed")
+    if type in ("ADDED", "MODIFIED", None) and over or type == "DELETED":
+        _submit(namespace, run)
 
 
-@kopf.on.delete(RUN_GROUP, RUN_VERSION, RUN_PLURAL, optional=True)
-def on_delete(name: str, namespace: str, **_: Any) -> None:
-    M.record_phase(namespace, name, None)  # children go with the run (owner references + GC)
+@kopf.on.event(RAY_GROUP, RAY_VERSION, "rayservices", labels={LABEL_RUN: kopf.PRESENT})
+def on_rayservice(body: dict, namespace: str, type: str | None, **_: Any) -> None:
+    key = (namespace, body["metadata"]["name"])
+    if type == "DELETED":
+        _cache.rayservices.discard(key)
+    else:
+        _cache.rayservices.add(key)
 
 
 @kopf.on.probe(id="runs")

@@ -9,9 +9,19 @@ Stages run one at a time in the embedded runner's order (`polya.recipe.plan`). F
   Failed attempts' RayJobs are kept for post-mortems (their names carry the attempt number).
 
 ``spec.suspend`` starts no new stage (a running one finishes). When every stage has succeeded and
-``evaluation.serve`` is true, a RayService keeps the rollout and reward-model apps up. An invalid spec
-(one the API server let through, e.g. on a server without CEL) fails the run with the field errors.
-Deleting the run deletes its children through owner references (Kubernetes garbage collection).
+``evaluation.serve`` is true, a RayService keeps the rollout and reward-model apps up, serving the run's
+final model; setting ``evaluation.serve`` to false deletes it. An invalid spec (one the API server let
+through, e.g. on a server without CEL) fails the run with the field errors. Deleting the run deletes its
+children through owner references (Kubernetes garbage collection).
+
+Spec edits: stages read the ``<run>-spec`` ConfigMap written when the run started, and it is never
+rewritten. An edit of a field that steers only the operator (`MUTABLE_FIELDS`) applies at once; an edit
+of anything else (what a stage computes from) is refused: the run carries on from the spec it started
+with and the ``SpecApplied`` condition (False, ``EditRefused``) names the changed fields and the way out
+(a new PolyaRun under another name, which reuses every stage whose inputs are unchanged from storage).
+
+RayJobs handed to Kueue (``cluster.queueName``) are created suspended; while KubeRay reports one
+``Suspended`` the stage says it is queued.
 
 The status is decided as the typed models of `polya.spec` (`PolyaRunStatus`, `StageStatus`) and handed
 back as ``model_dump(exclude_none=True)``: the same dump every pass, so an unchanged status compares equal
@@ -19,12 +29,13 @@ to what the API server returned after the last patch.
 """
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
-from polya.recipe import PlannedStage, plan
+from polya.recipe import MAIN_ARM, PlannedStage, plan
 from polya.spec import Condition, PolyaRunSpec, PolyaRunStatus, RunPhase, StageStatus
 from polya.validation import format_errors
 
@@ -41,6 +52,7 @@ FAILED = {"FAILED", "STOPPED"}
 class Observed:
     rayjobs: dict[str, dict[str, Any]] = field(default_factory=dict)  # owned RayJobs by name
     configmap: bool = False
+    applied_spec: dict[str, Any] | None = None  # the spec the <run>-spec ConfigMap holds (what stages run)
     rayservice: bool = False
     results: dict[str, dict[str, Any]] = field(default_factory=dict)  # "arm/stage" -> {artifactUri, figures}
 
@@ -146,8 +158,51 @@ def reconcile(run: dict[str, Any], observed: Observed, now: datetime, defaults: 
     return p.decision
 
 
+#: spec fields an edit may change while a run exists: they steer the operator (whether and where the
+#: next RayJob starts, whether endpoints stay up), never what a stage computes
+MUTABLE_FIELDS: tuple[tuple[str, ...], ...] = (("suspend",), ("maxStageRetries",), ("evaluation", "serve"),
+                                               ("cluster",))
+
+
+def _without_mutable(spec: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(spec)
+    for path in MUTABLE_FIELDS:
+        node = out
+        for part in path[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    return out
+
+
+def _with_mutable(applied: dict[str, Any], edited: dict[str, Any]) -> dict[str, Any]:
+    """The applied spec with the edited spec's mutable fields."""
+    out = copy.deepcopy(applied)
+    for path in MUTABLE_FIELDS:
+        src, dst = edited, out
+        for part in path[:-1]:
+            src = (src or {}).get(part) if isinstance(src, dict) else None
+            dst = dst.setdefault(part, {})
+        if isinstance(src, dict) and path[-1] in src:
+            dst[path[-1]] = copy.deepcopy(src[path[-1]])
+        else:
+            dst.pop(path[-1], None)
+    return out
+
+
+def changed_fields(old: Any, new: Any, prefix: str = "spec") -> list[str]:
+    """Dotted paths where two (normalised) specs differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new)):
+            out += changed_fields(old.get(key), new.get(key), f"{prefix}.{key}")
+        return out
+    return [] if old == new else [prefix]
+
+
 def _validate(p: _Pass) -> bool:
-    """Parse the spec into ``p.spec``; an invalid one fails the run with the field errors (returns False)."""
+    """Parse the spec into ``p.spec``; an invalid one fails the run with the field errors (returns False).
+    A refused edit leaves ``p.spec`` at the applied spec (with the edit's mutable fields)."""
     try:
         p.spec = PolyaRunSpec.model_validate(p.run.get("spec") or {})
     except Exception as exc:  # pydantic.ValidationError
@@ -158,7 +213,34 @@ def _validate(p: _Pass) -> bool:
             p.event("Warning", "InvalidSpec", errors)
         return False
     p.condition("Valid", True, "SpecAccepted", "spec validated")
+    if p.observed.applied_spec is not None:
+        _check_edit(p, p.observed.applied_spec)
     return True
+
+
+def _check_edit(p: _Pass, applied: dict[str, Any]) -> None:
+    try:
+        applied_model = PolyaRunSpec.model_validate(applied)
+    except Exception:  # noqa: BLE001 - a ConfigMap edited by hand: the stages would fail on it too
+        return
+    old = _without_mutable(applied_model.model_dump(mode="json"))
+    new = _without_mutable(p.spec.model_dump(mode="json"))
+    changed = changed_fields(old, new)
+    previous = next((c for c in p.status.conditions if c.type == "SpecApplied"), None)
+    if not changed:
+        if previous is not None and previous.status == "False":
+            p.condition("SpecApplied", True, "SpecMatches", "the spec matches the one the run started with")
+        return
+    p.spec = PolyaRunSpec.model_validate(_with_mutable(applied_model.model_dump(mode="json"),
+                                                       p.spec.model_dump(mode="json")))
+    shown = ", ".join(changed[:8]) + (f" and {len(changed) - 8} more" if len(changed) > 8 else "")
+    message = (f"edit not applied: {shown} changed after the run started; stages run from the spec the run "
+               f"started with (only {', '.join('spec.' + '.'.join(f) for f in MUTABLE_FIELDS)} may change). "
+               "To run the new spec, apply it under a new name: stages whose inputs are unchanged are reused "
+               "from storage")
+    if previous is None or previous.message != message:
+        p.event("Warning", "EditRefused", message)
+    p.condition("SpecApplied", False, "EditRefused", message)
 
 
 def _decide(p: _Pass) -> None:
@@ -202,12 +284,14 @@ def _advance_running(p: _Pass, step: PlannedStage, st: StageStatus) -> _Walk | L
         return "running"
     state = _job_state(job)
     if state == "running":
+        _queued_message(p, job, st)
         return "running"
     st.finishTime = _ts(p.now)
     if state == "succeeded":
         _succeed(p, step, st)
         return "next"
-    reason = (job.get("status") or {}).get("message") or (job.get("status") or {}).get("reason") or "RayJob failed"
+    jst = job.get("status") or {}
+    reason = ": ".join(x for x in (jst.get("reason"), jst.get("message")) if x) or "RayJob failed"
     if state == "invalid":
         reason = f"KubeRay refused the RayJob ({VALIDATION_FAILED}): {reason}"
     elif st.attempts <= p.spec.maxStageRetries:
@@ -221,6 +305,19 @@ def _advance_running(p: _Pass, step: PlannedStage, st: StageStatus) -> _Walk | L
     p.condition("Failed", True, "StageFailed", p.status.message)
     p.event("Warning", "RunFailed", p.status.message)
     return "stop"
+
+
+QUEUED = "queued: the RayJob waits for Kueue to admit it"
+
+
+def _queued_message(p: _Pass, job: dict[str, Any], st: StageStatus) -> None:
+    """A RayJob created suspended for Kueue says so in the stage's message until it is admitted."""
+    suspended = (job.get("status") or {}).get("jobDeploymentStatus") in ("Suspended", "Suspending") or (
+        (job.get("spec") or {}).get("suspend") and not (job.get("status") or {}).get("jobStatus"))
+    if suspended:
+        st.message = f"{QUEUED} (queue {p.spec.cluster.queueName})" if p.spec.cluster.queueName else QUEUED
+    elif st.message and st.message.startswith(QUEUED):
+        st.message = None
 
 
 def _succeed(p: _Pass, step: PlannedStage, st: StageStatus) -> None:
@@ -263,7 +360,18 @@ def _all_done(p: _Pass) -> None:
     if p.old_phase != "Succeeded":
         p.event("Normal", "RunSucceeded", p.status.message)
     if p.spec.evaluation.serve and not p.observed.rayservice:
-        p.decision.create.append(rayservice(p.run, p.spec, p.defaults))
+        p.decision.create.append(rayservice(p.run, p.spec, p.defaults, final_model(p.spec, p.status)))
+    elif not p.spec.evaluation.serve and p.observed.rayservice:
+        p.decision.delete.append(("RayService", rayservice_name(p.name)))
+
+
+def final_model(spec: PolyaRunSpec, status: PolyaRunStatus) -> str | None:
+    """The run's final model in storage: the main arm's last model-producing stage's ``<artifact>/model``
+    (None when that arm trains nothing: the base model is served)."""
+    stages = {st.name: st for st in status.stages}
+    trained = [s for s in plan(spec) if s.arm == MAIN_ARM and s.definition.produces_model]
+    uri = (stages.get(trained[-1].key).artifactUri if trained and trained[-1].key in stages else None)
+    return f"{uri.rstrip('/')}/model" if uri else None
 
 
 def _running(p: _Pass) -> None:

@@ -144,7 +144,10 @@ def build_crd(with_cel: bool = True) -> dict[str, Any]:
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
+                                # the one restriction a CRD may put on metadata: KubeRay refuses RayJob
+                                # names over 47 characters, and a run's children are named <run>-<suffix>
+                                "metadata": {"type": "object", "properties": {"name": {
+                                    "type": "string", "maxLength": S.MAX_RUN_NAME}}},
                                 "spec": spec_schema,
                                 "status": status_schema,
                             },

@@ -355,6 +355,12 @@ class ClusterSpec(_Model):
     envFrom: list[EnvFromSource] = Field(default_factory=list, description="Secrets/ConfigMaps as environment.")
     volumes: list[Volume] = Field(default_factory=list, description="Volumes of every stage pod.")
     volumeMounts: list[VolumeMount] = Field(default_factory=list, description="Where the Ray container mounts them.")
+    activeDeadlineSeconds: PositiveInt | None = Field(
+        default=None, description="Wall-clock limit of each stage attempt (the RayJob's activeDeadlineSeconds): "
+        "past it KubeRay stops the job (DeadlineExceeded) and the operator retries the stage as for any failure.")
+    queueName: Annotated[str, Field(min_length=1, max_length=63)] | None = Field(
+        default=None, description="Kueue LocalQueue for the stage RayJobs: they are created suspended with the "
+        "kueue.x-k8s.io/queue-name label, and Kueue starts each when its whole Ray cluster fits (gang admission).")
 
     @model_validator(mode="after")
     def _mounts_name_volumes(self) -> "ClusterSpec":
@@ -592,11 +598,16 @@ class PolyaRunStatus(_Model):
     message: str | None = None
 
 
+#: the longest PolyaRun name: the CRD refuses longer ones at admission, `polya validate` too
+MAX_RUN_NAME = 40
+
+
 class ObjectMeta(BaseModel):
     """Only the metadata fields Polya reads; the API server owns the rest."""
 
     model_config = ConfigDict(extra="allow")
-    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=40)  # room for stage/arm suffixes in child names
+    # KubeRay refuses RayJob names over 47 characters: <run> + "-" + a 6-character suffix must fit
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=MAX_RUN_NAME)
     namespace: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)

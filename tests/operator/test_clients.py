@@ -16,8 +16,8 @@ from kube import helm_cli, wait_for
 CHART = REPO / "helm" / "polya"
 
 
-def run(cmd: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+def run(cmd: list[str], input: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, input=input)
 
 
 def template(*args: str) -> list[dict]:
@@ -126,5 +126,14 @@ def test_kubectl_applies_the_examples_and_shows_runs(kube):
         refused = subprocess.run(k + ["apply", "-n", ns, "-f", "-"], input=yaml.safe_dump(bad), capture_output=True,
                                  text=True, timeout=60)
         assert refused.returncode != 0 and "groupSize" in refused.stderr
+        # a 41-character name is refused at admission, naming the limit (KubeRay's 47 for the RayJob names)
+        bad = yaml.safe_load((EXAMPLES / "polya-run-local.yaml").read_text())
+        bad["metadata"]["name"] = "n" * 41
+        refused = subprocess.run(k + ["apply", "-n", ns, "-f", "-"], input=yaml.safe_dump(bad), capture_output=True,
+                                 text=True, timeout=60)
+        assert refused.returncode != 0, refused.stdout
+        assert "metadata.name" in refused.stderr and "40" in refused.stderr, refused.stderr
+        bad["metadata"]["name"] = "n" * 40
+        assert run(k + ["apply", "-n", ns, "-f", "-"], input=yaml.safe_dump(bad)).returncode == 0
     finally:
         run(k + ["delete", "namespace", ns, "--wait=false"])

@@ -160,3 +160,48 @@ def test_malformed_run_refused_by_api_server(api, local_doc, path, value, field)
         custom.create_namespaced_custom_object(G, V, NS, P, doc)
     assert err.value.status == 422
     assert field in err.value.body
+
+
+def test_a_run_is_deleted_at_once_without_the_operator_and_a_legacy_finalizer_is_taken_off(api, operator, local_doc):
+    """The operator adds no finalizer (kopf's timers added one, kopf issue 1074: a run could not be deleted
+    once the operator was uninstalled); one left by an older operator is taken off at the first reconcile."""
+    custom, _ = api
+    doc = make_run(local_doc, "legacy")
+    doc["metadata"]["finalizers"] = ["kopf.zalando.org/KopfFinalizerMarker"]
+    custom.create_namespaced_custom_object(G, V, NS, P, doc)
+    wait_for(lambda: not get_run(custom, "legacy")["metadata"].get("finalizers"), timeout=30, what="finalizer removed")
+    custom.create_namespaced_custom_object(G, V, NS, P, make_run(local_doc, "orphan"))
+    wait_for(lambda: "orphan-base-evaluate-1" in rayjobs(custom, "orphan"))
+    assert not get_run(custom, "orphan")["metadata"].get("finalizers")
+    operator.kill()
+    try:
+        custom.delete_namespaced_custom_object(G, V, NS, P, "orphan")
+        with pytest.raises(ApiException) as err:  # gone at once: nothing waits on the (absent) operator
+            get_run(custom, "orphan")
+        assert err.value.status == 404
+    finally:
+        operator.start()
+
+
+def test_a_spec_edit_is_refused_with_a_condition_and_suspend_still_applies(api, operator, local_doc):
+    custom, core = api
+    custom.create_namespaced_custom_object(G, V, NS, P, make_run(local_doc, "edit"))
+    wait_for(lambda: "edit-base-evaluate-1" in rayjobs(custom, "edit"))
+    custom.patch_namespaced_custom_object(G, V, NS, P, "edit", {"spec": {"grpo": {"steps": 99}, "suspend": True}})
+
+    def refused():
+        st = get_run(custom, "edit").get("status") or {}
+        cond = {c["type"]: c for c in st.get("conditions") or []}.get("SpecApplied")
+        return cond and cond["status"] == "False" and st
+    st = wait_for(refused, timeout=30, what="SpecApplied=False")
+    cond = {c["type"]: c for c in st["conditions"]}["SpecApplied"]
+    assert cond["reason"] == "EditRefused" and "spec.grpo.steps" in cond["message"]
+    assert st["observedGeneration"] == 2
+    cm = core.read_namespaced_config_map("edit-spec", NS)
+    assert yaml.safe_load(cm.data["run.yaml"])["spec"]["grpo"]["steps"] != 99  # stages run the applied spec
+    set_job(custom, "edit-base-evaluate-1", ok=True)
+    st = wait_for(lambda: (get_run(custom, "edit").get("status") or {}).get("phase") == "Suspended"
+                  and get_run(custom, "edit")["status"], timeout=30, what="suspended")
+    assert set(rayjobs(custom, "edit")) == {"edit-base-evaluate-1"}  # suspend (mutable) took effect
+    events = core.list_namespaced_event(NS, field_selector="involvedObject.name=edit").items
+    assert "EditRefused" in {e.reason for e in events}

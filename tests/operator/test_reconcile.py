@@ -287,3 +287,127 @@ def test_bad_cluster_settings_fail_the_run_with_the_field(run, cluster, field):
     d = step(run, Observed())
     assert d.create == [] and d.status["phase"] == "Failed"
     assert "spec.cluster" in d.status["message"] and field in d.status["message"]
+
+
+# ------------------------------------------------------------------- issue 13: names, deadlines, Kueue, serve, edits
+def test_child_names_of_a_40_character_run_fit_kuberays_47(run):
+    """KubeRay refuses RayJob names over 47 characters; every child of a 40-character run fits, names stay
+    distinct per step and attempt, and are the same on every pass (a restarted operator adopts them)."""
+    from polya.recipe import plan
+    from polya_operator.children import MAX_RAYJOB_NAME
+
+    long = "a" * 36 + "-b1c"
+    assert len(long) == 40
+    spec = PolyaRunSpec.model_validate(run["spec"])
+    names = {child_name(long, s.arm, s.stage, a) for s in plan(spec) for a in (1, 2, 10)}
+    assert len(names) == 3 * len(plan(spec))
+    assert max(len(n) for n in names) == MAX_RAYJOB_NAME
+    assert all(n.startswith(long + "-") and n[-1].isalnum() for n in names)
+    assert child_name(long, "polya-sft", "evaluate", 1) == child_name(long, "polya-sft", "evaluate", 1)
+    assert child_name("r", "polya-sft", "evaluate", 1) == "r-polya-sft-evaluate-1"  # short names stay readable
+    run["metadata"]["name"] = long
+    job = step(run, Observed()).create[1]
+    assert job["metadata"]["name"] == run["status"]["stages"][0]["rayJobName"] and len(job["metadata"]["name"]) <= 47
+
+
+def test_the_crd_and_validate_refuse_a_41_character_name():
+    from polya.crd import build_crd
+    from polya.spec import MAX_RUN_NAME, ObjectMeta
+
+    meta = build_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["metadata"]
+    assert meta["properties"]["name"]["maxLength"] == MAX_RUN_NAME == 40
+    ObjectMeta(name="a" * 40)
+    with pytest.raises(ValueError, match="at most 40 characters"):
+        ObjectMeta(name="a" * 41)
+
+
+def test_deadline_and_kueue_queue_reach_the_rayjob(run):
+    run["spec"]["cluster"] = {"activeDeadlineSeconds": 3600, "queueName": "team-a"}
+    job = step(run, Observed()).create[1]
+    assert job["spec"]["activeDeadlineSeconds"] == 3600
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a" and job["spec"]["suspend"] is True
+    # KubeRay reports the suspended job; the stage says it is queued until Kueue admits it
+    queued = copy.deepcopy(job)
+    queued["status"] = {"jobDeploymentStatus": "Suspended"}
+    d = step(run, Observed(rayjobs={job["metadata"]["name"]: queued}, configmap=True))
+    assert d.status["stages"][0]["message"] == "queued: the RayJob waits for Kueue to admit it (queue team-a)"
+    admitted = copy.deepcopy(job)
+    admitted["spec"]["suspend"] = False
+    admitted["status"] = {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"}
+    d = step(run, Observed(rayjobs={job["metadata"]["name"]: admitted}, configmap=True))
+    assert "message" not in d.status["stages"][0] and d.status["stages"][0]["phase"] == "Running"
+    plain = step({**copy.deepcopy(run), "status": None, "spec": {**run["spec"], "cluster": {}}}, Observed()).create[1]
+    assert "activeDeadlineSeconds" not in plain["spec"] and "suspend" not in plain["spec"]
+    assert "kueue.x-k8s.io/queue-name" not in plain["metadata"]["labels"]
+
+
+def test_a_stage_past_its_deadline_is_retried_with_kuberays_reason(run):
+    run["spec"]["cluster"] = {"activeDeadlineSeconds": 60}
+    run["spec"]["maxStageRetries"] = 1
+    job = step(run, Observed()).create[1]
+    late = copy.deepcopy(job)
+    late["status"] = {"jobDeploymentStatus": "Failed", "reason": "DeadlineExceeded",
+                      "message": "The RayJob has passed the activeDeadlineSeconds."}
+    d = step(run, Observed(rayjobs={job["metadata"]["name"]: late}, configmap=True))
+    st = d.status["stages"][0]
+    assert st["phase"] == "Pending" and st["message"].startswith(
+        "attempt 1 failed: DeadlineExceeded: The RayJob has passed the activeDeadlineSeconds.")
+
+
+def test_rayservice_serves_the_final_model_sized_for_both_apps_and_goes_when_serve_is_off(run):
+    run["spec"]["evaluation"]["serve"] = True
+    run["spec"]["evaluation"]["gpusPerReplica"] = 1
+    run["spec"]["filtering"]["rewardModel"]["gpusPerReplica"] = 1
+    run["spec"]["filtering"]["rewardModel"]["replicas"] = 2
+    jobs: dict = {}
+    results = {"polya/grpo": {"artifactUri": "s3://b/runs/grpo/k1"},
+               "polya/midtrain": {"artifactUri": "s3://b/runs/midtrain/k0"}}
+    for _ in range(12):
+        d = step(run, Observed(rayjobs=jobs, configmap=True, results=results))
+        for obj in d.create:
+            if obj["kind"] == "RayJob":
+                jobs[obj["metadata"]["name"]] = finish(obj)
+        if d.status["phase"] == "Succeeded":
+            break
+    svc = d.create[0]
+    assert svc["kind"] == "RayService"
+    import yaml as _yaml
+
+    apps = {a["name"]: a for a in _yaml.safe_load(svc["spec"]["serveConfigV2"])["applications"]}
+    assert apps["rollout"]["args"]["model"] == "s3://b/runs/grpo/k1/model"  # GRPO's model, not the base model
+    workers = svc["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]
+    assert workers["replicas"] == 1 + 2  # one evaluation replica + two reward-model replicas, one GPU each
+    # turning serving off deletes the RayService of a succeeded run
+    run["spec"]["evaluation"]["serve"] = False
+    d = step(run, Observed(rayjobs=jobs, configmap=True, rayservice=True, results=results))
+    assert d.delete == [("RayService", "r-serve")] and d.status["phase"] == "Succeeded"
+
+
+def test_spec_edits_after_start_are_refused_with_a_condition_and_mutable_fields_apply(run):
+    run["spec"]["maxStageRetries"] = 0  # started without retries
+    applied = copy.deepcopy(run["spec"])
+    first = step(run, Observed()).create[1]
+    jobs = {first["metadata"]["name"]: first}
+    run["metadata"]["generation"] = 4
+    run["spec"]["grpo"]["steps"] = applied["grpo"]["steps"] + 5  # what GRPO computes: refused
+    run["spec"]["baselines"] = ["vanilla"]  # would add stages: refused too
+    run["spec"]["maxStageRetries"] = 7  # steers the operator only: applies
+    d = step(run, Observed(rayjobs=jobs, configmap=True, applied_spec=applied))
+    cond = {c["type"]: c for c in d.status["conditions"]}["SpecApplied"]
+    assert cond["status"] == "False" and cond["reason"] == "EditRefused"
+    assert "spec.grpo.steps" in cond["message"] and "spec.baselines" in cond["message"]
+    assert "new name" in cond["message"]
+    assert [e.reason for e in d.events] == ["EditRefused"]
+    assert d.status["observedGeneration"] == 4
+    assert len(d.status["stages"]) == 7  # the plan of the applied spec: no vanilla arm
+    again = step(run, Observed(rayjobs=jobs, configmap=True, applied_spec=applied))
+    assert again.events == []  # said once
+    # the mutable field took effect: a failure is retried up to the edited maxStageRetries
+    failed = {first["metadata"]["name"]: finish(first, ok=False, message="boom")}
+    d = step(run, Observed(rayjobs=failed, configmap=True, applied_spec=applied))
+    assert d.status["stages"][0]["phase"] == "Pending"
+    # reverting the edit clears the condition
+    run["spec"]["grpo"]["steps"], run["spec"]["baselines"] = applied["grpo"]["steps"], applied.get("baselines", [])
+    d = step(run, Observed(rayjobs=failed, configmap=True, applied_spec=applied))
+    cond = {c["type"]: c for c in d.status["conditions"]}["SpecApplied"]
+    assert cond["status"] == "True" and cond["reason"] == "SpecMatches"
