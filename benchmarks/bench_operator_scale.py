@@ -4,13 +4,18 @@ operator's peak memory. Runs against the real local API server (tools/kube) with
 Baseline, measured in the same run: the time the API server itself takes to accept the N PolyaRuns
 (their creation), so the ratio says how much the operator adds on top of bare API throughput.
 
-    .venv/bin/python benchmarks/bench_operator_scale.py [--runs 50 200]
+    .venv/bin/python benchmarks/bench_operator_scale.py [--runs 200 1000]
+
+Each row also gives the operator's exit time after SIGTERM (a Deployment's pod gets 30 s). Every process
+the benchmark starts (operator, API server, etcd, controller manager) is stopped when it ends, also when
+it fails.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -43,13 +48,14 @@ def main() -> None:
 
     base = yaml.safe_load((REPO / "k8s/examples/polya-run-local.yaml").read_text())
     state = Path(tempfile.mkdtemp(prefix="polya-bench-kube-"))
-    kubeconfig = K.start(state)
-    api = config.new_client_from_config(str(kubeconfig))
-    K.install_crds(api)
-    custom = client.CustomObjectsApi(api)
-    core = client.CoreV1Api(api)
     rows = []
+    op: subprocess.Popen | None = None
     try:
+        kubeconfig = K.start(state)
+        api = config.new_client_from_config(str(kubeconfig))
+        K.install_crds(api)
+        custom = client.CustomObjectsApi(api)
+        core = client.CoreV1Api(api)
         for n in args.runs:
             ns = f"bench-{n}"
             core.create_namespace({"metadata": {"name": ns}})
@@ -76,14 +82,26 @@ def main() -> None:
             K.wait_for(have_jobs, timeout=900, interval=0.5, what=f"{n} first RayJobs")
             t_all = time.perf_counter() - t0
             rss = peak_rss_mb(op.pid)
-            op.terminate()
-            op.wait(30)
-            rows.append((n, t_apply, t_all, rss))
+            t_term = time.perf_counter()
+            op.terminate()  # what a Deployment's pod gets first; the kubelet's SIGKILL follows after 30 s
+            try:
+                op.wait(60)
+                t_exit = time.perf_counter() - t_term
+            except subprocess.TimeoutExpired:
+                t_exit = float("inf")
+            rows.append((n, t_apply, t_all, rss, t_exit))
+            op = None
     finally:
+        if op is not None and op.poll() is None:  # a failed row: never leave the operator behind
+            op.kill()
+            op.wait(10)
         K.stop(state)
-    print("runs | apply (baseline: API server accepts N runs) | until every run has its first RayJob | ratio | operator peak RSS")
-    for n, t_apply, t_all, rss in rows:
-        print(f"{n:4d} | {t_apply:8.2f} s | {t_all:8.2f} s | {t_all / t_apply:5.2f}x | {rss:6.0f} MiB")
+        shutil.rmtree(state, ignore_errors=True)
+    print("runs | apply (baseline: API server accepts N runs) | until every run has its first RayJob | ratio "
+          "| runs/s | operator peak RSS | exit after SIGTERM")
+    for n, t_apply, t_all, rss, t_exit in rows:
+        print(f"{n:4d} | {t_apply:8.2f} s | {t_all:8.2f} s | {t_all / t_apply:5.2f}x | {n / t_all:6.1f} "
+              f"| {rss:6.0f} MiB | {t_exit:5.1f} s")
 
 
 if __name__ == "__main__":

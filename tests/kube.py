@@ -34,6 +34,7 @@ def start(state_dir: Path) -> Path:
     out = subprocess.run(["bash", str(REPO / "tools/kube/start-cluster.sh"), str(state_dir)], env=env,
                          capture_output=True, text=True, timeout=120)
     if out.returncode != 0:
+        stop(state_dir)  # what did start (etcd, an API server that never got ready) must not linger
         raise RuntimeError(f"control plane did not start:\n{out.stdout}\n{out.stderr}")
     return Path(out.stdout.strip().splitlines()[-1])
 
