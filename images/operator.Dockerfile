@@ -1,4 +1,5 @@
-# The operator image: kopf + the Kubernetes client + Polya's spec models; no torch, no Ray. Non-root.
+# The operator image: kopf + the Kubernetes client + Polya's spec models + s3fs (it reads stage results and
+# checks for complete artifacts in s3:// storage); no torch, no Ray. Non-root.
 #   make images            (podman or docker; see tools/images/build.sh)
 # BASE may carry a digest: --build-arg BASE=docker.io/library/debian:bookworm-slim@sha256:...
 ARG BASE=docker.io/library/debian:bookworm-slim
@@ -19,7 +20,7 @@ COPY pyproject.toml ./
 RUN mkdir -p platform/polya operators/polya_operator \
  && touch README.md platform/polya/__init__.py operators/polya_operator/__init__.py \
  && pip install -c requirements/cpu.lock setuptools==78.1.1 \
- && pip install --no-build-isolation -c requirements/cpu.lock ".[operator]" \
+ && pip install --no-build-isolation -c requirements/cpu.lock ".[operator,s3]" \
  && pip uninstall -y polya
 COPY README.md ./
 COPY platform platform

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from polya.recipe import STAGES, Stage
-from polya.spec import RESERVED_MOUNT, RESERVED_VOLUME, PolyaRunSpec
+from polya.spec import RESERVED_MOUNT, RESERVED_VOLUME, STAGE_METRICS_PORT, STAGE_METRICS_PORT_NAME, PolyaRunSpec
 
 RUN_GROUP, RUN_VERSION, RUN_PLURAL, RUN_KIND = "polya.dev", "v1alpha1", "polyaruns", "PolyaRun"
 RAY_GROUP, RAY_VERSION = "ray.io", "v1"
@@ -40,6 +40,8 @@ class Defaults:
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: tuple[dict[str, Any], ...] = ()
     ttl_seconds_after_finished: int = 600
+    metrics_port: int = STAGE_METRICS_PORT  # the stage driver's exporter on the head pod (0: none)
+    metrics_linger_s: int = 30  # it keeps serving this long after the stage, for a last scrape
 
 
 #: KubeRay refuses a RayJob (ValidationFailed) whose name is longer: it appends "-<5 chars>" for the
@@ -90,11 +92,12 @@ def spec_configmap(run: dict[str, Any]) -> dict[str, Any]:
             "data": {"run.yaml": yaml.safe_dump(manifest, sort_keys=False)}}
 
 
-def _container(spec: PolyaRunSpec, defaults: Defaults, cpu: str, memory: str, gpus: int) -> dict[str, Any]:
+def _container(spec: PolyaRunSpec, defaults: Defaults, cpu: str, memory: str, gpus: int,
+               head: bool = False) -> dict[str, Any]:
     limits: dict[str, Any] = {"cpu": cpu, "memory": memory}
     if gpus:
         limits[spec.cluster.gpuResource or defaults.gpu_resource] = gpus
-    return {
+    container = {
         "name": "ray",
         "image": spec.cluster.image or defaults.image,
         "imagePullPolicy": defaults.image_pull_policy,
@@ -103,6 +106,14 @@ def _container(spec: PolyaRunSpec, defaults: Defaults, cpu: str, memory: str, gp
         + [m.model_dump(exclude_none=True) for m in spec.cluster.volumeMounts],
         **_environment(spec),
     }
+    if head and defaults.metrics_port:
+        # the stage's driver (`polya stage`, run on the head) exports here while the stage runs; the chart's
+        # PodMonitor scrapes the port by name (KubeRay's own "metrics" port, 8080, is Ray's)
+        container["ports"] = [{"name": STAGE_METRICS_PORT_NAME, "containerPort": defaults.metrics_port, "protocol": "TCP"}]
+        container["env"] = [{"name": "POLYA_METRICS_PORT", "value": str(defaults.metrics_port)},
+                            {"name": "POLYA_METRICS_LINGER_S", "value": str(defaults.metrics_linger_s)},
+                            *container.get("env", [])]
+    return container
 
 
 def _environment(spec: PolyaRunSpec) -> dict[str, Any]:
@@ -116,10 +127,10 @@ def _environment(spec: PolyaRunSpec) -> dict[str, Any]:
 
 
 def _pod_template(run: dict[str, Any], spec: PolyaRunSpec, defaults: Defaults, cpu: str, memory: str,
-                  gpus: int) -> dict[str, Any]:
+                  gpus: int, head: bool = False) -> dict[str, Any]:
     tolerations = [t.model_dump(exclude_none=True) for t in spec.cluster.tolerations] or list(defaults.tolerations)
     pod: dict[str, Any] = {
-        "containers": [_container(spec, defaults, cpu, memory, gpus)],
+        "containers": [_container(spec, defaults, cpu, memory, gpus, head)],
         "volumes": [{"name": RESERVED_VOLUME, "configMap": {"name": configmap_name(run["metadata"]["name"])}}]
         + [v.model_dump(exclude_none=True) for v in spec.cluster.volumes],
     }
@@ -132,7 +143,8 @@ def _pod_template(run: dict[str, Any], spec: PolyaRunSpec, defaults: Defaults, c
     secrets = list(dict.fromkeys([*defaults.image_pull_secrets, *spec.cluster.imagePullSecrets]))
     if secrets:
         pod["imagePullSecrets"] = [{"name": s} for s in secrets]
-    return {"spec": pod}
+    # KubeRay copies template labels to the pods: the PodMonitor selects stage pods by the run's label
+    return {"metadata": {"labels": {LABEL_RUN: run["metadata"]["name"]}}, "spec": pod}
 
 
 def ray_cluster_spec(run: dict[str, Any], spec: PolyaRunSpec, stage: Stage | str,
@@ -151,7 +163,7 @@ def ray_cluster_spec(run: dict[str, Any], spec: PolyaRunSpec, stage: Stage | str
             # the head runs the driver and Serve's controller, no work: replicas and learners go to workers
             "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0", "num-gpus": "0"},
             "template": _pod_template(run, spec, defaults, spec.cluster.headCpu or defaults.head_cpu,
-                                      spec.cluster.headMemory or defaults.head_memory, 0),
+                                      spec.cluster.headMemory or defaults.head_memory, 0, head=True),
         },
         "workerGroupSpecs": [{
             "groupName": "gpu" if gpus_per_pod else "cpu",

@@ -45,6 +45,8 @@ def env_defaults(image: str | None = None) -> Defaults:
         gpu_resource=os.environ.get("POLYA_GPU_RESOURCE") or Defaults.gpu_resource,
         node_selector=json.loads(os.environ.get("POLYA_DEFAULT_NODE_SELECTOR") or "{}"),
         tolerations=tuple(json.loads(os.environ.get("POLYA_DEFAULT_TOLERATIONS") or "[]")),
+        metrics_port=int(os.environ.get("POLYA_STAGE_METRICS_PORT") or Defaults.metrics_port),
+        metrics_linger_s=int(os.environ.get("POLYA_STAGE_METRICS_LINGER_S") or Defaults.metrics_linger_s),
     )
 
 
@@ -133,6 +135,23 @@ def _read_results(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
     except Exception as exc:  # noqa: BLE001
         log.debug("results of %s not readable: %s", run["metadata"]["name"], exc)
         return {}
+
+
+def _cached_lookup(run: dict[str, Any]):
+    """(stage, key) -> {"artifactUri", "figures"} when the artifact's manifest is in the run's storage (best
+    effort: an unreachable store reuses nothing, the stage's RayJob then finds out for itself)."""
+    def lookup(stage: str, key: str) -> dict[str, Any] | None:
+        from polya.artifacts import ArtifactStore
+
+        try:
+            art = ArtifactStore(run["spec"]["storage"]["uri"]).artifact(stage, key)
+            if not art.exists():
+                return None
+            return {"artifactUri": art.uri, "figures": art.manifest().get("figures") or {}}
+        except Exception as exc:  # noqa: BLE001
+            log.debug("artifact %s/%s of %s not checked: %s", stage, key, run["metadata"]["name"], exc)
+            return None
+    return lookup
 
 
 def _create(custom, core, ns: str, obj: dict[str, Any]) -> None:
@@ -231,6 +250,7 @@ def reconcile_one(ns: str, name: str) -> float | None:
         observed.applied_spec = _applied_spec(core, ns, run)
         observed.configmap = observed.applied_spec is not None
         observed.rayservice = (ns, rayservice_name(name)) in _cache.rayservices
+        observed.cached = _cached_lookup(run)
         if any(((j.get("status") or {}).get("jobStatus") or "").upper() == "SUCCEEDED" for j in jobs):
             observed.results = _read_results(run)
 
@@ -417,6 +437,7 @@ def main(argv: list[str] | None = None) -> None:
     log.setLevel(os.environ.get("POLYA_LOG_LEVEL", "INFO"))
     from prometheus_client import start_http_server
 
+    M.prime()
     if args.metrics_port:
         start_http_server(args.metrics_port, addr=args.metrics_host)
     kopf.run(clusterwide=args.all_namespaces or not args.namespace, namespaces=args.namespace or (),

@@ -41,3 +41,12 @@ def record_phase(namespace: str, name: str, phase: str | None) -> None:
 def tracked_runs() -> int:
     """How many runs the operator currently tracks (any phase)."""
     return len(_phases)
+
+
+def prime() -> None:
+    """Series that exist from the start at zero, so a dashboard's ``rate()`` sees their first increase (a
+    histogram born with its first observation has no rate): stage durations for every stage."""
+    from polya.recipe import Stage
+
+    for stage in Stage:
+        STAGE_DURATION.labels(str(stage))

@@ -33,9 +33,9 @@ import copy
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
-from polya.recipe import MAIN_ARM, PlannedStage, plan
+from polya.recipe import ARMS, MAIN_ARM, PlannedStage, cache_key, inputs_for, plan
 from polya.spec import Condition, PolyaRunSpec, PolyaRunStatus, RunPhase, StageStatus
 from polya.validation import format_errors
 
@@ -55,6 +55,9 @@ class Observed:
     applied_spec: dict[str, Any] | None = None  # the spec the <run>-spec ConfigMap holds (what stages run)
     rayservice: bool = False
     results: dict[str, dict[str, Any]] = field(default_factory=dict)  # "arm/stage" -> {artifactUri, figures}
+    #: (stage, cache key) -> {"artifactUri", "figures"} when that artifact is complete in the run's storage
+    #: (its manifest exists: any run with the same storage made it), else None
+    cached: Callable[[str, str], dict[str, Any] | None] = lambda stage, key: None
 
 
 @dataclass
@@ -270,8 +273,41 @@ def _walk(p: _Pass, steps: list[PlannedStage]) -> _Walk:
                 continue  # start the next stage in this same pass
             if outcome != "retry":
                 return outcome
+        if _reuse(p, step, st, steps):
+            continue
         return "running" if _start_pending(p, step, st) else "stop"
     return "done"
+
+
+def artifact_key(spec: PolyaRunSpec, step: PlannedStage, stages: list[StageStatus],
+                 steps: list[PlannedStage]) -> str | None:
+    """The cache key `step` will have (what `polya stage` computes), from the artifacts of the steps it reads
+    (their URIs in status end in ``<stage>/<key>``); None while an input's artifact is unknown."""
+    done = {}
+    for s, st in zip(steps, stages):
+        if st.phase == "Succeeded" and st.artifactUri:
+            parts = st.artifactUri.rstrip("/").split("/")
+            done[s.key] = f"{parts[-2]}:{parts[-1]}"
+    try:
+        ids = inputs_for(step, done, steps)
+    except KeyError:
+        return None
+    return cache_key(step.definition, spec, ARMS[step.arm], ids)
+
+
+def _reuse(p: _Pass, step: PlannedStage, st: StageStatus, steps: list[PlannedStage]) -> bool:
+    """A step whose artifact is complete in storage (this run's earlier attempt, or another run with the
+    same storage and inputs) succeeds without a RayJob: starting Ray pods to find the manifest is waste."""
+    key = artifact_key(p.spec, step, p.status.stages, steps)
+    found = p.observed.cached(str(step.stage), key) if key else None
+    if not found:
+        return False
+    st.phase, st.artifactUri, st.message = "Succeeded", found["artifactUri"], "reused from storage (no RayJob)"
+    st.finishTime = _ts(p.now)
+    if found.get("figures"):
+        st.figures = {k: float(v) for k, v in found["figures"].items() if isinstance(v, (int, float))}
+    p.event("Normal", "StageReused", f"{step.key}: its artifact {found['artifactUri']} is complete in storage")
+    return True
 
 
 def _advance_running(p: _Pass, step: PlannedStage, st: StageStatus) -> _Walk | Literal["next", "retry"]:

@@ -1,6 +1,8 @@
 """One catalogue of the metric names Polya exports (Prometheus). Dashboards may query only these."""
 from __future__ import annotations
 
+import os
+
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 _registry: CollectorRegistry = REGISTRY
@@ -28,5 +30,26 @@ ALL_NAMES = sorted(
 )
 
 
-def serve_metrics(port: int) -> None:
-    start_http_server(port, addr="127.0.0.1")
+def serve_metrics(port: int, addr: str = "127.0.0.1") -> None:
+    start_http_server(port, addr=addr)
+
+
+def serve_stage_metrics_from_env() -> float:
+    """Start the stage process's exporter when ``POLYA_METRICS_PORT`` is set (the operator sets it on
+    stage pods; ``POLYA_METRICS_HOST`` defaults to all interfaces there). Returns how long the process
+    should keep serving after its stage ends (``POLYA_METRICS_LINGER_S``), so a scrape sees the figures
+    set at the end of the stage (pass@k, keep rate) before the pod goes away."""
+    port = int(os.environ.get("POLYA_METRICS_PORT") or 0)
+    if not port:
+        return 0.0
+    serve_metrics(port, addr=os.environ.get("POLYA_METRICS_HOST", "0.0.0.0"))
+    return float(os.environ.get("POLYA_METRICS_LINGER_S") or 0)
+
+
+def prime(stage: str, arm: str) -> None:
+    """Create this stage's counter and histogram series at zero, so that the first increase is a change a
+    ``rate()`` sees (a series born at its final value has no rate)."""
+    for outcome in ("succeeded", "failed", "cached"):
+        STAGE_RUNS.labels(stage, arm, outcome)
+    STAGE_DURATION.labels(stage, arm)
+    TOKENS_GENERATED.labels(stage)

@@ -30,6 +30,7 @@ def _targets(steps: list[PlannedStage], only: str | None, arm: str | None) -> se
 def execute(run: PolyaRun, only: str | None = None, progress: bool | None = None, report: bool = True,
             arm: str | None = None) -> int:
     """Run the plan in order; a completed step (its manifest exists) is skipped. Writes the report."""
+    from polya import metrics
     from polya.artifacts import ArtifactStore, write_result
     from polya.preflight import problems
     from polya.serve.launch import ensure_ray
@@ -63,9 +64,17 @@ def execute(run: PolyaRun, only: str | None = None, progress: bool | None = None
                     done[step.key] = art  # an input of a later target
                 continue
             view.start(step)
+            metrics.prime(str(step.stage), str(step.arm))
             t0 = time.perf_counter()
-            result = step.definition.run(ctx)
+            try:
+                result = step.definition.run(ctx)
+            except BaseException:
+                metrics.STAGE_RUNS.labels(str(step.stage), str(step.arm), "failed").inc()
+                raise
             seconds = None if result.skipped else time.perf_counter() - t0
+            metrics.STAGE_RUNS.labels(str(step.stage), str(step.arm), "cached" if seconds is None else "succeeded").inc()
+            if seconds is not None:
+                metrics.STAGE_DURATION.labels(str(step.stage), str(step.arm)).observe(seconds)
             done[step.key] = art = ctx.artifact()
             results[step.key] = {"artifact": art.uri, "figures": result.figures, "seconds": seconds}
             write_result(run.spec.storage.uri, step.key, result.artifact_uri, result.figures)
@@ -155,5 +164,24 @@ def run_stage_from_file(name: str, spec_path: str, arm: str) -> int:
     it must have completed (their artifacts are found by content address in the run's storage)."""
     from polya.validation import load_run_file
 
+    from polya.metrics import serve_stage_metrics_from_env
+
     run = load_run_file(spec_path)
-    return execute(run, only=name, arm=arm)
+    linger = serve_stage_metrics_from_env()
+    try:
+        code = execute(run, only=name, arm=arm)
+        if code == 0 and plan(run.spec)[-1] == PlannedStage.parse(f"{arm}/{name}"):
+            cluster_report(run)  # the run's last step writes its report, as `polya run` does at the end
+        return code
+    finally:
+        time.sleep(linger)  # the last figures stay scrapeable for a scrape interval or two
+
+
+def cluster_report(run: PolyaRun) -> None:
+    """The report of a run whose steps ran as separate processes: from the results they wrote to storage."""
+    from polya.artifacts import ArtifactStore, read_results
+
+    keys = {s.key for s in plan(run.spec)}
+    results = {k: {"artifact": r["artifactUri"], "figures": r.get("figures") or {}, "seconds": None}
+               for k, r in read_results(run.spec.storage.uri).items() if k in keys}
+    _report(run, results, ArtifactStore(run.spec.storage.uri).child("report"), live=False)

@@ -231,6 +231,10 @@ Quantity = Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|K|M|G
 DnsLabel = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
 #: the volume the operator mounts the run's manifest from (SPEC_MOUNT): a run's own volumes cannot take it
 RESERVED_VOLUME, RESERVED_MOUNT = "polya-spec", "/etc/polya"
+#: where a cluster stage's driver (`polya stage`, on the Ray head) exports its metrics: the head pod declares
+#: it as containerPort `polya-metrics`, which the chart's PodMonitor scrapes (KubeRay's "metrics", 8080, is Ray's)
+STAGE_METRICS_PORT = 9464
+STAGE_METRICS_PORT_NAME = "polya-metrics"
 
 
 def _exactly_one(model: BaseModel, fields: tuple[str, ...], what: str) -> None:

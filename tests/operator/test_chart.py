@@ -33,7 +33,8 @@ def test_lint_is_clean():
     assert severe == [], severe
 
 
-@pytest.mark.parametrize("values", [None, {"serviceMonitor": {"enabled": True}, "operator": {"watchNamespaces": ["a", "b"]},
+@pytest.mark.parametrize("values", [None, {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True},
+                                           "operator": {"watchNamespaces": ["a", "b"]},
                                            "stages": {"image": "x/polya:1", "nodeSelector": {"pool": "gpu"},
                                                       "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}]}}])
 def test_rendered_builtin_objects_validate(values):
@@ -50,11 +51,16 @@ def test_rendered_builtin_objects_validate(values):
     assert c["resources"]["requests"] and c["livenessProbe"] and c["readinessProbe"]
     if values:
         assert "ServiceMonitor" in kinds
+        pm = next(d for d in docs if d["kind"] == "PodMonitor")["spec"]
+        assert pm["podMetricsEndpoints"][0]["port"] == "polya-metrics" and pm["namespaceSelector"] == {"any": True}
+        assert pm["selector"]["matchExpressions"] == [{"key": "polya.dev/run", "operator": "Exists"}]
         assert ["--namespace=a", "--namespace=b"] == [a for a in c["args"] if a.startswith("--namespace")]
         env = {e["name"]: e["value"] for e in c["env"]}
         assert json.loads(env["POLYA_DEFAULT_NODE_SELECTOR"]) == {"pool": "gpu"}
     else:
-        assert "ServiceMonitor" not in kinds and "--all-namespaces" in c["args"]
+        assert "ServiceMonitor" not in kinds and "PodMonitor" not in kinds and "--all-namespaces" in c["args"]
+        env = {e["name"]: e["value"] for e in c["env"]}
+        assert env["POLYA_STAGE_METRICS_PORT"] == "9464" and env["POLYA_STAGE_METRICS_LINGER_S"] == "30"
 
 
 def test_values_schema_refuses_bad_values():

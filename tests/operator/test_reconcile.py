@@ -411,3 +411,44 @@ def test_spec_edits_after_start_are_refused_with_a_condition_and_mutable_fields_
     d = step(run, Observed(rayjobs=failed, configmap=True, applied_spec=applied))
     cond = {c["type"]: c for c in d.status["conditions"]}["SpecApplied"]
     assert cond["status"] == "True" and cond["reason"] == "SpecMatches"
+
+
+def test_the_stage_driver_exports_metrics_on_a_port_the_head_pod_declares(run):
+    job = step(run, Observed()).create[1]
+    head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]
+    worker = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]
+    c = head["spec"]["containers"][0]
+    assert c["ports"] == [{"name": "polya-metrics", "containerPort": 9464, "protocol": "TCP"}]
+    env = {e["name"]: e["value"] for e in c["env"]}
+    assert env["POLYA_METRICS_PORT"] == "9464" and env["POLYA_METRICS_LINGER_S"] == "30"
+    assert "ports" not in worker["spec"]["containers"][0]
+    assert head["metadata"]["labels"] == worker["metadata"]["labels"] == {LABEL_RUN: "r"}
+
+
+def test_stages_complete_in_storage_are_reused_without_a_rayjob(run):
+    """A new run with the same storage and inputs: each step whose manifest exists succeeds without a RayJob
+    (the key is the one `polya stage` computes from the input artifacts' keys)."""
+    from polya.recipe import plan
+
+    seen: list[tuple[str, str]] = []
+
+    def everything(stage, key):
+        seen.append((stage, key))
+        return {"artifactUri": f"s3://b/runs/{stage}/{key}", "figures": {"n": 1.0}}
+
+    d = step(run, Observed(cached=everything))
+    assert [o["kind"] for o in d.create] == ["ConfigMap"] and d.status["phase"] == "Succeeded"
+    assert all(s["phase"] == "Succeeded" and s["message"] == "reused from storage (no RayJob)"
+               and s.get("attempts", 0) == 0 for s in d.status["stages"])
+    assert len(seen) == len(plan(PolyaRunSpec.model_validate(run["spec"])))
+    # keys chain: the filter's key depends on selfgen's artifact, so a different selfgen artifact changes it
+    keys = dict(seen)
+    assert len(set(keys.values())) == len(keys)
+
+    run2 = copy.deepcopy(run)
+    run2["status"] = None
+    only_first_two = lambda stage, key: ({"artifactUri": f"s3://b/runs/{stage}/{key}"}  # noqa: E731
+                                         if stage in ("evaluate", "selfgen") and (stage, key) in seen[:2] else None)
+    d = step(run2, Observed(cached=only_first_two))
+    assert [o["metadata"]["name"] for o in d.create if o["kind"] == "RayJob"] == ["r-polya-filter-1"]
+    assert [s["phase"] for s in d.status["stages"][:3]] == ["Succeeded", "Succeeded", "Running"]

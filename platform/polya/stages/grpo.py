@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import math
 import random
+import threading
 import time
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from polya.recipe import MODEL_SLOT
@@ -49,6 +51,7 @@ class GRPOJob:
     verify_workers: int
     verify_timeout: float
     app: str  # the rollout app's name
+    progress: Any = None  # a ray.util.queue.Queue: rank 0 puts each step's row, the driver exports it live
 
 
 @dataclass
@@ -250,6 +253,8 @@ def train_loop(config: dict) -> None:
         if "skipped" in row:
             continue
         ray.train.report(row)
+        if learner.rank == 0 and job.progress is not None:
+            job.progress.put_nowait(row)
         if step % g.checkpointEvery == 0 or step == g.steps:
             row["t_checkpoint"] = learner.checkpoint(step, {"log": rows})
         learner.crash_if_asked(step)
@@ -294,7 +299,39 @@ def _export(arm: str, rows: list[dict]) -> None:
     if scored:
         metrics.GRPO_REWARD.labels(arm).set(scored[-1]["reward_mean"])
         metrics.GRPO_KL.labels(arm).set(scored[-1]["kl"])
-    metrics.GRPO_STEP.labels(arm).set(len(rows))
+    metrics.GRPO_STEP.labels(arm).set(rows[-1]["step"] if rows else 0)
+
+
+@contextmanager
+def live_export(arm: str):
+    """A queue the learners' rank 0 puts each step's row on, drained by a driver thread that sets the GRPO
+    gauges as training goes (the driver's exporter is what Prometheus scrapes: one series per run, live)."""
+    from ray.util.queue import Empty, Queue
+
+    queue = Queue(actor_options={"num_cpus": 0})
+    done = threading.Event()
+    rows: list[dict] = []
+
+    def drain() -> None:
+        while not done.is_set():
+            try:
+                rows.append(queue.get(timeout=1.0))
+            except Empty:
+                continue
+            except Exception:  # noqa: BLE001 - the queue's actor is gone: nothing more to show
+                return
+            _export(arm, rows)
+
+    thread = threading.Thread(target=drain, name="grpo-metrics", daemon=True)
+    thread.start()
+    try:
+        yield queue
+    finally:
+        done.set()
+        thread.join(5)
+        import ray
+
+        ray.kill(queue.actor)
 
 
 def node_id() -> str:
@@ -320,7 +357,8 @@ def run(ctx: StageContext) -> StageResult:
     cfg = ctx.engine(g.rollout, start, served_name=f"{spec.model.name}@{ctx.stage.name}")
     with rollout_service(ctx, cfg, g.rollout, name=app) as handle:
         probe_before = _probe(handle)
-        fit(train_loop, job, g, f"{ctx.stage.name}-{art.key}", ctx.store.uri, "GRPO")
+        with live_export(ctx.arm.name) as progress:
+            fit(train_loop, replace(job, progress=progress), g, f"{ctx.stage.name}-{art.key}", ctx.store.uri, "GRPO")
         moved = _moved(probe_before, _probe(handle))
         info = handle.info.remote().result()
     rows = storage.read_json(art.child("steps.json"))
