@@ -156,6 +156,19 @@ class S3Server:
         kill_groups([self.proc], grace_s=5.0)
 
 
+def s3fs_client(server: S3Server):
+    import s3fs
+
+    return s3fs.S3FileSystem(endpoint_url=server.endpoint, key="testing", secret="testing", skip_instance_cache=True)
+
+
+def upload_model(server: S3Server, folder: Path, uri: str) -> None:
+    client = s3fs_client(server)
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            client.put_file(str(path), f"{uri[len('s3://'):]}/{path.relative_to(folder)}")
+
+
 def start_s3(log_dir: Path, timeout_s: float = 60.0) -> S3Server:
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / "moto-server.log"

@@ -1,8 +1,9 @@
 """A REAL Kubernetes control plane for tests: etcd + kube-apiserver + kube-controller-manager v1.20.2,
 built from Debian's Kubernetes source by tools/kube/ensure-kube.sh (cached under ~/.cache/polya/kube).
 
-There is no scheduler and no kubelet: pods never run, so RayJobs never really execute. Tests stand in
-for KubeRay's operator by setting RayJob status themselves, and say so.
+There is no scheduler and no kubelet: pods never run by themselves. The operator's kube tests stand in
+for KubeRay by setting RayJob status themselves, and say so; the end-to-end test runs RayJobs for real
+through tests/kuberay_standin.py (podman containers, KubeRay's state machine).
 """
 from __future__ import annotations
 
@@ -101,3 +102,41 @@ def wait_for(predicate, timeout: float = 30.0, interval: float = 0.2, what: str 
             return last
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def container_kubeconfig(kubeconfig: Path, token: str | None = None) -> Path:
+    """A folder (``config`` + ``ca.crt``) that a container's non-root user can read, for the API server of
+    ``kubeconfig``; with ``token`` it authenticates with that token (a ServiceAccount's) instead."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="polya-kubeconfig-"))
+    folder.chmod(0o755)
+    cfg = yaml.safe_load(Path(kubeconfig).read_text())
+    cluster = cfg["clusters"][0]["cluster"]
+    shutil.copy(cluster["certificate-authority"], folder / "ca.crt")
+    cluster["certificate-authority"] = "/kube/ca.crt"
+    if token:
+        cfg["users"][0]["user"] = {"token": token}
+    (folder / "config").write_text(yaml.safe_dump(cfg))
+    for f in folder.iterdir():
+        f.chmod(0o644)
+    return folder
+
+
+def service_account_token(api_client, namespace: str, name: str, timeout: float = 60) -> str:
+    """The token of a ServiceAccount (the token Secret the 1.20 controller manager creates for it)."""
+    import base64
+
+    from kubernetes import client
+
+    core = client.CoreV1Api(api_client)
+
+    def token():
+        sa = core.read_namespaced_service_account(name, namespace)
+        for ref in sa.secrets or []:
+            secret = core.read_namespaced_secret(ref.name, namespace)
+            if secret.type == "kubernetes.io/service-account-token" and (secret.data or {}).get("token"):
+                return base64.b64decode(secret.data["token"]).decode()
+        return None
+    return wait_for(token, timeout=timeout, interval=0.5, what=f"the token of ServiceAccount {namespace}/{name}")

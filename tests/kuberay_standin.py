@@ -281,6 +281,22 @@ def validate_rayjob(job: dict) -> str | None:
     return None
 
 
+def _no_empty_strings(value: Any) -> Any:
+    """Nested status values without empty strings: this API server (1.20) takes a "" inside a merge patch
+    for null and refuses it for a string field; KubeRay's fields are omitempty, so leaving them out is what
+    KubeRay's status looks like anyway."""
+    if isinstance(value, dict):
+        return {k: _no_empty_strings(v) for k, v in value.items() if v != ""}
+    if isinstance(value, list):
+        return [_no_empty_strings(v) for v in value]
+    return value
+
+
+def _omit_empty(d: dict) -> dict:
+    """A status object as Go's `omitempty` writes it: no empty strings, no nulls."""
+    return {k: v for k, v in d.items() if v not in ("", None)}
+
+
 def _http(method: str, url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
     """(status, parsed JSON or text); never through an HTTP(S)_PROXY."""
     data = None if body is None else json.dumps(body).encode()
@@ -706,7 +722,7 @@ class _Runner(threading.Thread):
     def patch_status(self, status: dict) -> None:
         """A JSON merge patch of the status subresource. KubeRay's status fields are `omitempty`: an empty
         string (JobStatusNew, JobDeploymentStatusNew, a cleared jobId...) is absent, so "" deletes the field."""
-        body = {k: (None if v == "" else v) for k, v in status.items()}
+        body = {k: (None if v == "" else _no_empty_strings(v)) for k, v in status.items()}
         self.s.custom.patch_namespaced_custom_object_status(GROUP, VERSION, self.ns, self.plural, self.name,
                                                             {"status": body})
 
@@ -862,19 +878,28 @@ class RayJobRunner(_Runner):
             new["jobStatus"] = ""
         self.patch_status(new)
 
-    def _initializing(self, obj: dict, st: dict) -> None:
+    def _suspended_or_late(self, st: dict) -> bool:
+        """What KubeRay checks first while Initializing or Running: a suspend request, a passed deadline."""
         if self._spec.get("suspend"):
             self.patch_status({"jobDeploymentStatus": "Suspending"})
-            return
+            return True
         passed = self._deadline_passed(st)
         if passed:
             self.patch_status(passed)
-            return
-        cluster = self._ensure_cluster(obj, st)
+        return bool(passed)
+
+    def _head_died(self, st: dict, cluster: RayClusterRun) -> bool:
         cluster.check()
         if cluster.dead_head:
             self.patch_status(self._finish(st, {"jobDeploymentStatus": "Failed", "reason": "AppFailed",
                                                 "message": cluster.dead_head}))
+        return bool(cluster.dead_head)
+
+    def _initializing(self, obj: dict, st: dict) -> None:
+        if self._suspended_or_late(st):
+            return
+        cluster = self._ensure_cluster(obj, st)
+        if self._head_died(st, cluster):
             return
         cstatus = cluster.publish_status()
         if not cluster.is_ready():
@@ -885,12 +910,7 @@ class RayJobRunner(_Runner):
                            "jobDeploymentStatus": "Running", "rayClusterStatus": cstatus})
 
     def _running(self, obj: dict, st: dict) -> None:
-        if self._spec.get("suspend"):
-            self.patch_status({"jobDeploymentStatus": "Suspending"})
-            return
-        passed = self._deadline_passed(st)
-        if passed:
-            self.patch_status(passed)
+        if self._suspended_or_late(st):
             return
         if self.cluster is None or self.cluster.name != st.get("rayClusterName"):
             # the stand-in never started this cluster (or lost it): nothing runs it any more
@@ -898,10 +918,7 @@ class RayJobRunner(_Runner):
                                                 "message": "Ray head pod not found."}))
             return
         cluster = self.cluster
-        cluster.check()
-        if cluster.dead_head:
-            self.patch_status(self._finish(st, {"jobDeploymentStatus": "Failed", "reason": "AppFailed",
-                                                "message": cluster.dead_head}))
+        if self._head_died(st, cluster):
             return
         cstatus = cluster.publish_status()
         try:
@@ -936,13 +953,7 @@ class RayJobRunner(_Runner):
     def _release(self, obj: dict, st: dict) -> None:
         """Suspending / Retrying: delete the cluster, reset the status."""
         self.teardown()
-        if st.get("rayClusterName"):
-            try:
-                self.s.custom.delete_namespaced_custom_object(GROUP, VERSION, self.ns, "rayclusters",
-                                                              st["rayClusterName"])
-            except self.s.ApiException as err:
-                if err.status != 404:
-                    raise
+        self._delete_raycluster(st)
         self.cluster = None
         nxt = "Suspended" if st.get("jobDeploymentStatus") == "Suspending" else ""
         self.patch_status({"rayClusterStatus": None, "rayClusterName": "", "dashboardURL": "", "jobId": "",
@@ -972,13 +983,18 @@ class RayJobRunner(_Runner):
             return
         if self.cluster is not None and not self.cluster.torn_down:
             self.cluster.teardown()
-        elif self.cluster is None and st.get("rayClusterName"):
-            try:
-                self.s.custom.delete_namespaced_custom_object(GROUP, VERSION, self.ns, "rayclusters",
-                                                              st["rayClusterName"])
-            except self.s.ApiException as err:
-                if err.status != 404:
-                    raise
+        elif self.cluster is None:
+            self._delete_raycluster(st)
+
+    def _delete_raycluster(self, st: dict) -> None:
+        """The RayCluster object of the status's rayClusterName (when the stand-in holds no running copy)."""
+        if not st.get("rayClusterName"):
+            return
+        try:
+            self.s.custom.delete_namespaced_custom_object(GROUP, VERSION, self.ns, "rayclusters", st["rayClusterName"])
+        except self.s.ApiException as err:
+            if err.status != 404:
+                raise
 
 
 class RayServiceRunner(_Runner):
@@ -1011,10 +1027,10 @@ class RayServiceRunner(_Runner):
             now = _iso(_now())
             self.patch_status({"pendingServiceStatus": {"rayClusterName": self.cluster.name},
                                "conditions": [{"type": "Ready", "status": "False", "reason": "Initializing",
-                                               "message": "", "lastTransitionTime": now,
+                                               "message": "Initializing", "lastTransitionTime": now,
                                                "observedGeneration": obj["metadata"].get("generation", 1)},
                                               {"type": "UpgradeInProgress", "status": "False",
-                                               "reason": "NoPendingCluster", "message": "",
+                                               "reason": "NoPendingCluster", "message": "NoPendingCluster",
                                                "lastTransitionTime": now,
                                                "observedGeneration": obj["metadata"].get("generation", 1)}],
                                "observedGeneration": obj["metadata"].get("generation", 1),
@@ -1049,12 +1065,15 @@ class RayServiceRunner(_Runner):
             return
         apps = {}
         for app, info in (reply.get("applications") or {}).items():
-            apps[app] = {"status": info.get("status", ""), "message": info.get("message", ""),
-                         "serveDeploymentStatuses": {d: {"status": v.get("status", ""), "message": v.get("message", "")}
-                                                     for d, v in (info.get("deployments") or {}).items()}}
+            # KubeRay's message fields are omitempty: an empty one is left out (Serve answers null or "", and
+            # this API server refuses both for a string field)
+            apps[app] = _omit_empty({"status": info.get("status"), "message": info.get("message"),
+                                     "serveDeploymentStatuses": {
+                                         d: _omit_empty({"status": v.get("status"), "message": v.get("message")})
+                                         for d, v in (info.get("deployments") or {}).items()}})
         endpoints = sum(1 for p in (reply.get("proxies") or {}).values()
                         if (p.get("status") if isinstance(p, dict) else p) == "HEALTHY")
-        running = bool(apps) and all(a["status"] == "RUNNING" for a in apps.values())
+        running = bool(apps) and all(a.get("status") == "RUNNING" for a in apps.values())
         service = {"applicationStatuses": apps, "rayClusterName": cluster.name, "rayClusterStatus": cstatus}
         self._set_ready(obj, st, running, "NonZeroServeEndpoints" if running else "Initializing", "", service,
                         endpoints)
@@ -1067,7 +1086,9 @@ class RayServiceRunner(_Runner):
         def cond(ctype, status, why, msg=""):
             prev = old.get(ctype) or {}
             when = prev.get("lastTransitionTime") if prev.get("status") == status else now
-            return {"type": ctype, "status": status, "reason": why, "message": msg,
+            # metav1.Condition requires a message, and this API server refuses an empty one (see
+            # _no_empty_strings): the reason stands in for an empty message
+            return {"type": ctype, "status": status, "reason": why, "message": msg or why,
                     "lastTransitionTime": when or now, "observedGeneration": gen}
         active = dict(service)
         if ready or (st.get("activeServiceStatus") or {}).get("rayClusterName"):

@@ -5,16 +5,18 @@ the server on a free loopback port; `query_range(expr, start, end)` evaluates Pr
 panel does (a range query over the dashboard's time window, here the test's); `dashboard_queries()` lists
 every panel's queries from the chart's dashboard.
 
-`stage_pods_job(kubeconfig)` is the scrape job prometheus-operator generates from the chart's PodMonitor
-(helm/polya/templates/podmonitor.yaml), written out by hand because prometheus-operator is not run here:
-Kubernetes pod discovery against the API server, keep pods that carry the `polya.dev/run` label, keep
-their container port named `polya-metrics`, and copy the run label onto the series (podTargetLabels).
+`stage_pods_job(discovery)` is the scrape job prometheus-operator generates from the chart's PodMonitor
+(helm/polya/templates/podmonitor.yaml), written out by hand because prometheus-operator is not run here.
+Debian's Prometheus is built without Kubernetes service discovery, so `PodDiscovery` does that part
+against the real API server (pods with the `polya.dev/run` label, their container port named
+`polya-metrics`, the run label copied onto the series as podTargetLabels) into a file_sd file.
 """
 from __future__ import annotations
 
 import json
 import shutil
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -69,27 +71,61 @@ def prometheus_binary() -> str:
     return out.stdout.strip().splitlines()[-1]
 
 
-def stage_pods_job(kubeconfig: Path, interval: str = "1s") -> dict:
-    """The scrape job the chart's PodMonitor stands for (see the module docstring)."""
-    cfg = yaml.safe_load(Path(kubeconfig).read_text())
-    cluster, user = cfg["clusters"][0]["cluster"], cfg["users"][0]["user"]
-    return {
-        "job_name": "podMonitor/polya-stages",
-        "scrape_interval": interval,
-        "kubernetes_sd_configs": [{
-            "role": "pod", "api_server": cluster["server"],
-            "tls_config": {"ca_file": cluster["certificate-authority"]},
-            "authorization": {"credentials": user["token"]},
-        }],
-        "relabel_configs": [
-            {"source_labels": ["__meta_kubernetes_pod_labelpresent_polya_dev_run"], "regex": "true", "action": "keep"},
-            {"source_labels": ["__meta_kubernetes_pod_container_port_name"], "regex": "polya-metrics",
-             "action": "keep"},
-            {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
-            {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"},
-            {"source_labels": ["__meta_kubernetes_pod_label_polya_dev_run"], "target_label": "polya_dev_run"},
-        ],
-    }
+class PodDiscovery:
+    """The scrape targets the chart's PodMonitor selects, kept in a file_sd file (Debian builds Prometheus
+    without Kubernetes service discovery, so this thread does its part): every second it lists the pods
+    of the API server that carry the ``polya.dev/run`` label and, for each container port named
+    ``polya-metrics`` of a pod with an IP, writes a target ``<podIP>:<port>`` labelled with the namespace,
+    the pod and the run (podTargetLabels)."""
+
+    def __init__(self, kubeconfig: Path, folder: Path):
+        from kubernetes import client, config
+
+        self.core = client.CoreV1Api(config.new_client_from_config(str(kubeconfig)))
+        self.path = folder / "stage-pods.json"
+        self.path.write_text("[]")
+        self.seen: set[str] = set()  # every target ever written
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="pod-discovery", daemon=True)
+
+    def targets(self) -> list[dict]:
+        out = []
+        for pod in self.core.list_pod_for_all_namespaces(label_selector="polya.dev/run").items:
+            ip = pod.status.pod_ip if pod.status else None
+            if not ip or (pod.status.phase or "") != "Running":
+                continue
+            for c in pod.spec.containers:
+                for port in c.ports or []:
+                    if port.name == "polya-metrics":
+                        out.append({"targets": [f"{ip}:{port.container_port}"],
+                                    "labels": {"namespace": pod.metadata.namespace, "pod": pod.metadata.name,
+                                               "polya_dev_run": pod.metadata.labels["polya.dev/run"]}})
+        return out
+
+    def _loop(self) -> None:
+        while not self._stop.wait(1.0):
+            try:
+                found = self.targets()
+            except Exception:  # noqa: BLE001 - the API server may be going away at the end of a session
+                continue
+            self.seen |= {t["labels"]["pod"] for t in found}
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(found))
+            tmp.replace(self.path)
+
+    def start(self) -> "PodDiscovery":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def stage_pods_job(discovery: PodDiscovery, interval: str = "1s") -> dict:
+    """The scrape job the chart's PodMonitor stands for, over `PodDiscovery`'s targets."""
+    return {"job_name": "podMonitor/polya-stages", "scrape_interval": interval,
+            "file_sd_configs": [{"files": [str(discovery.path)], "refresh_interval": "1s"}]}
 
 
 def start_prometheus(folder: Path, scrape_configs: list[dict], timeout_s: float = 60) -> Prometheus:

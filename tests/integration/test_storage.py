@@ -1,8 +1,9 @@
 """Storage across machines, on a real S3 API (moto's server) and a two-node local Ray cluster whose nodes
 have separate HOMEs and caches (tests/cluster.py): artifacts and checkpoints reach storage and come back
-checked; a run on s3:// places its learner and rollout replica on the worker node and no process opens a
-path of the other node; a GRPO stage that dies after step 2 of 4 resumes at step 3 from the checkpoint in
-S3 on a fresh cluster; a missing model or bucket is one line naming the field.
+checked; a GRPO stage that dies after step 2 of 4 resumes at step 3 from the checkpoint in S3 on a fresh
+cluster, and no process opens a path of the other node; a missing model or bucket is one line naming the
+field. A whole run on s3:// with every stage on separate machines is the end-to-end test's
+(tests/operator/test_e2e_cluster.py: each pod a container with its own filesystem).
 
 What the two "nodes" do not emulate: they share this machine's kernel, CPU and filesystem. A path of the
 other node is caught by the audit hook (tests/node_audit), which sees Python-level opens and listings,
@@ -19,7 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster import RayCluster, S3Server, ray_two_nodes, s3_server, start_two_nodes  # noqa: F401 - fixtures
+from cluster import (RayCluster, S3Server, s3_server, s3fs_client,  # noqa: F401 - fixtures
+                     start_two_nodes, upload_model)
 from conftest import events, tiny_run
 
 pytestmark = pytest.mark.slow
@@ -31,12 +33,6 @@ def s3_env(s3_server: S3Server, monkeypatch) -> S3Server:
     for key, value in s3_server.env().items():
         monkeypatch.setenv(key, value)
     return s3_server
-
-
-def s3fs_client(server: S3Server):
-    import s3fs
-
-    return s3fs.S3FileSystem(endpoint_url=server.endpoint, key="testing", secret="testing", skip_instance_cache=True)
 
 
 def test_artifact_pushed_by_two_writers_is_fetched_and_checked(s3_env, tmp_path, monkeypatch):
@@ -104,13 +100,6 @@ def test_missing_model_or_bucket_is_one_line_naming_the_field(s3_env, tmp_path):
         assert len(ours) == 1 and ours[0].startswith(f"polya: {message}"), res.stderr[-2000:]
 
 
-def upload_model(server: S3Server, folder: Path, uri: str) -> None:
-    client = s3fs_client(server)
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            client.put_file(str(path), f"{uri[len('s3://'):]}/{path.relative_to(folder)}")
-
-
 def run_on_cluster(cluster: RayCluster, spec: dict, args: list[str], env: dict[str, str] | None = None
                    ) -> subprocess.CompletedProcess:
     """`polya run SPEC` or `polya stage NAME --arm ARM --spec SPEC` as a driver on the head node."""
@@ -118,37 +107,6 @@ def run_on_cluster(cluster: RayCluster, spec: dict, args: list[str], env: dict[s
     path.write_text(yaml.safe_dump(spec))
     argv = [*args, str(path)] if args[0] == "run" else [*args, "--spec", str(path)]
     return polya_cli(argv, dict(cluster.driver_env(), **(env or {})), cluster.root)
-
-
-def test_two_arm_run_on_s3_across_two_nodes(ray_two_nodes, s3_server, tiny_model):
-    """`polya run` driven from the head node: every stage's artifact is in S3, GRPO's learner and rollout
-    replica ran on the worker node, and no process opened a path of the other node."""
-    cluster = ray_two_nodes
-    bucket = s3_server.make_bucket("two-arm")
-    upload_model(s3_server, tiny_model, f"{bucket}/models/tiny")
-    spec = tiny_run(Path("/placeholder"), Path("/placeholder"))
-    spec["spec"]["model"]["name"] = f"{bucket}/models/tiny"  # a model named by a storage URI
-    spec["spec"]["storage"]["uri"] = f"{bucket}/run"
-    res = run_on_cluster(cluster, spec, ["run"])
-    assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
-    done = {e["step"]: e for e in events(res.stdout) if e["event"] == "stage_done"}
-    assert set(done) == {"base/evaluate", "polya/selfgen", "polya/filter", "polya/midtrain", "polya-sft/evaluate",
-                         "polya/grpo", "polya/evaluate"}
-    client = s3fs_client(s3_server)
-    for step in done.values():
-        assert step["artifact"].startswith(f"{bucket}/run/")
-        manifest = json.loads(client.cat_file(step["artifact"][len("s3://"):] + "/manifest.json"))
-        assert all(client.size(f"{step['artifact'][len('s3://'):]}/{rel}") == info["size"]
-                   for rel, info in manifest["files"].items())
-    grpo = json.loads(client.cat_file(done["polya/grpo"]["artifact"][len("s3://"):] + "/manifest.json"))
-    assert grpo["placement"] == {"learner": cluster.worker.node_id, "rollout": cluster.worker.node_id}
-    assert "model/model.safetensors" in grpo["files"]
-    assert client.exists(f"{bucket[len('s3://'):]}/run/report/report.md")
-    # the worker node fetched what its processes read into its own cache (the audit hook sees Python's
-    # opens, not Arrow's or safetensors': this shows the mid-training data and the models came from S3)
-    fetched = {p.name for p in cluster.worker.cache.glob("storage/*/**/*") if p.is_file()}
-    assert {"sft.parquet", "model.safetensors", "config.json"} <= fetched, sorted(fetched)[:20]
-    assert cluster.violations() == []
 
 
 def test_grpo_dies_after_step_2_and_resumes_at_step_3_from_s3(s3_server, tiny_model, tmp_path):

@@ -10,16 +10,14 @@ import copy
 import shutil
 import socket
 import subprocess
-import tempfile
 import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 from kubernetes import client, config
 
 from conftest import REPO, build_image
-from kube import wait_for
+from kube import container_kubeconfig, wait_for
 
 pytestmark = [pytest.mark.kube, pytest.mark.slow]
 PODMAN = str(REPO / "tools/images/podman.sh")
@@ -36,26 +34,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _readable_kubeconfig(kubeconfig: Path) -> Path:
-    """A copy of the kubeconfig and the API server's CA that the image's user (65532) can read."""
-    folder = Path(tempfile.mkdtemp(prefix="polya-operator-kube-"))
-    folder.chmod(0o755)
-    cfg = yaml.safe_load(kubeconfig.read_text())
-    cluster = cfg["clusters"][0]["cluster"]
-    shutil.copy(cluster["certificate-authority"], folder / "ca.crt")
-    cluster["certificate-authority"] = "/kube/ca.crt"
-    (folder / "config").write_text(yaml.safe_dump(cfg))
-    for f in folder.iterdir():
-        f.chmod(0o644)
-    return folder
-
-
 def test_operator_container_creates_the_first_rayjob(kube, operator_image, local_doc):
     api = config.new_client_from_config(str(kube))
     custom, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
     ns, port = "operator-image", _free_port()
     core.create_namespace({"metadata": {"name": ns}})
-    folder = _readable_kubeconfig(kube)
+    folder = container_kubeconfig(kube)
     name = f"polya-operator-test-{port}"
     started = subprocess.run(
         [PODMAN, "run", "-d", "--rm", "--name", name, "--network", "host", "--read-only", "--tmpfs", "/tmp",

@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO
 
 PACKAGE, OPERATOR = REPO / "platform" / "polya", REPO / "operators" / "polya_operator"
-OWN = {"polya", "polya_operator", "conftest", "kube", "cluster", "kuberay_standin", "bench_grpo", "__future__"}
+OWN = {"polya", "polya_operator", "conftest", "kube", "cluster", "kuberay_standin", "prometheus", "bench_grpo", "__future__"}
 #: modules one role gets from another distribution than the one installed here (the CPU build)
 PROVIDED_BY = {"gpu": {"vllm": "vllm"}}
 

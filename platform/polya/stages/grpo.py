@@ -244,6 +244,8 @@ def train_loop(config: dict) -> None:
     resumed_from = step
     if step > 0:  # the rollout replicas restarted with the starting weights: give them the resumed policy
         publisher.publish(learner.engine.module, learner.engine.device, step)
+        if learner.rank == 0:
+            print(f"grpo: resumed from the step-{step} checkpoint in {job.learner.ckpt_uri}", flush=True)
     questions, verifier = _rank0_inputs(job, learner.rank)
     while step < g.steps:
         row = grpo_step(job, learner, ref, step, questions, verifier, publisher)
