@@ -50,6 +50,8 @@ def main() -> None:
     state = Path(tempfile.mkdtemp(prefix="polya-bench-kube-"))
     rows = []
     op: subprocess.Popen | None = None
+    print("runs | apply (baseline: API server accepts N runs) | until every run has its first RayJob | ratio "
+          "| runs/s | operator peak RSS | exit after SIGTERM", flush=True)
     try:
         kubeconfig = K.start(state)
         api = config.new_client_from_config(str(kubeconfig))
@@ -91,17 +93,20 @@ def main() -> None:
                 t_exit = float("inf")
             rows.append((n, t_apply, t_all, rss, t_exit))
             op = None
+            _row(*rows[-1])  # as soon as it is measured: a later row that fails loses nothing
     finally:
         if op is not None and op.poll() is None:  # a failed row: never leave the operator behind
             op.kill()
             op.wait(10)
         K.stop(state)
         shutil.rmtree(state, ignore_errors=True)
-    print("runs | apply (baseline: API server accepts N runs) | until every run has its first RayJob | ratio "
-          "| runs/s | operator peak RSS | exit after SIGTERM")
-    for n, t_apply, t_all, rss, t_exit in rows:
-        print(f"{n:4d} | {t_apply:8.2f} s | {t_all:8.2f} s | {t_all / t_apply:5.2f}x | {n / t_all:6.1f} "
-              f"| {rss:6.0f} MiB | {t_exit:5.1f} s")
+    targets = all(t_all < 60 and rss < 300 and t_exit < 10 for n, _, t_all, rss, t_exit in rows if n == 1000)
+    print(f"targets at 1,000 runs (< 60 s, < 300 MiB, exit < 10 s): {'met' if targets else 'NOT met'}")
+
+
+def _row(n: int, t_apply: float, t_all: float, rss: float, t_exit: float) -> None:
+    print(f"{n:4d} | {t_apply:8.2f} s | {t_all:8.2f} s | {t_all / t_apply:5.2f}x | {n / t_all:6.1f} "
+          f"| {rss:6.0f} MiB | {t_exit:5.1f} s", flush=True)
 
 
 if __name__ == "__main__":

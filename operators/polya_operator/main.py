@@ -139,7 +139,13 @@ def _read_results(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _cached_lookup(run: dict[str, Any]):
     """(stage, key) -> {"artifactUri", "figures"} when the artifact's manifest is in the run's storage (best
-    effort: an unreachable store reuses nothing, the stage's RayJob then finds out for itself)."""
+    effort: an unreachable store reuses nothing, the stage's RayJob then finds out for itself). Only object
+    stores: a local path or file:// names a volume of the stage pods, not a folder of the operator's."""
+    from polya import storage
+
+    if not storage.is_remote(run["spec"]["storage"]["uri"]):
+        return lambda stage, key: None
+
     def lookup(stage: str, key: str) -> dict[str, Any] | None:
         from polya.artifacts import ArtifactStore
 
@@ -154,7 +160,8 @@ def _cached_lookup(run: dict[str, Any]):
     return lookup
 
 
-def _create(custom, core, ns: str, obj: dict[str, Any]) -> None:
+def _create(custom, core, ns: str, obj: dict[str, Any]) -> bool:
+    """Create ``obj``; False when it existed already (409: adopted, or a namesake waiting for GC)."""
     kind = obj["kind"]
     run = obj["metadata"]["labels"][LABEL_RUN]
     try:
@@ -168,11 +175,13 @@ def _create(custom, core, ns: str, obj: dict[str, Any]) -> None:
             elif kind == "RayService":
                 _cache.rayservices.add((ns, obj["metadata"]["name"]))
         M.CHILDREN_CREATED.labels(kind).inc()
+        return True
     except ApiException as exc:
         if exc.status != 409:  # 409: it exists (a restarted operator, a lagging cache): adopt it
             raise
         if kind == "RayService":
             _cache.rayservices.add((ns, obj["metadata"]["name"]))
+        return False
 
 
 def _delete(custom, ns: str, kind: str, name: str) -> None:
@@ -213,6 +222,8 @@ def _applied_spec(core, ns: str, run: dict[str, Any]) -> dict[str, Any] | None:
         if exc.status != 404:
             raise
         return None
+    if not any(ref.uid == run["metadata"]["uid"] for ref in (cm.metadata.owner_references or [])):
+        return None  # a deleted run's of the same name, not yet garbage-collected: not this run's spec
     spec = (yaml.safe_load((cm.data or {}).get("run.yaml") or "{}") or {}).get("spec") or {}
     _cache.specs[key] = spec
     return spec
@@ -239,6 +250,7 @@ def reconcile_one(ns: str, name: str) -> float | None:
             if exc.status == 404:
                 M.record_phase(ns, name, None)
                 _cache.forget(ns, name, None)
+                _scheduler.track(ns, name, False)
                 return None
             raise
         _strip_legacy_finalizer(custom, ns, run)
@@ -258,8 +270,7 @@ def reconcile_one(ns: str, name: str) -> float | None:
         log.debug("%s/%s: phase %s -> %s, create %s", ns, name, (run.get("status") or {}).get("phase"),
                   decision.status.get("phase"), [o["metadata"]["name"] for o in decision.create])
         for obj in decision.create:
-            _create(custom, core, ns, obj)
-            if obj["kind"] == "ConfigMap":
+            if _create(custom, core, ns, obj) and obj["kind"] == "ConfigMap":
                 _cache.specs[(ns, uid)] = run["spec"]
         for kind, child in decision.delete:
             _delete(custom, ns, kind, child)
@@ -322,8 +333,9 @@ class Scheduler:
         with self._lock:
             if not active:
                 self._due.pop((ns, name), None)
-            else:
-                self._due[(ns, name)] = time.monotonic() + min(after or TIMER_S, TIMER_S)
+            else:  # the earlier of what is already wanted and what this asks for
+                at = time.monotonic() + min(after or TIMER_S, TIMER_S)
+                self._due[(ns, name)] = min(at, self._due.get((ns, name), at))
 
     def loop(self) -> None:
         while not _stop.wait(min(1.0, TIMER_S)):

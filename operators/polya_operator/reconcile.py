@@ -329,7 +329,7 @@ def _advance_running(p: _Pass, step: PlannedStage, st: StageStatus) -> _Walk | L
     jst = job.get("status") or {}
     reason = ": ".join(x for x in (jst.get("reason"), jst.get("message")) if x) or "RayJob failed"
     if state == "invalid":
-        reason = f"KubeRay refused the RayJob ({VALIDATION_FAILED}): {reason}"
+        reason = f"KubeRay refused the RayJob ({VALIDATION_FAILED}): {jst.get('message') or 'no message'}"
     elif st.attempts <= p.spec.maxStageRetries:
         st.phase = "Pending"
         st.message = f"attempt {st.attempts} failed: {reason}; retrying in {backoff(st.attempts):.0f}s"

@@ -168,13 +168,13 @@ def run_stage_from_file(name: str, spec_path: str, arm: str) -> int:
 
     run = load_run_file(spec_path)
     linger = serve_stage_metrics_from_env()
-    try:
-        code = execute(run, only=name, arm=arm)
-        if code == 0 and plan(run.spec)[-1] == PlannedStage.parse(f"{arm}/{name}"):
-            cluster_report(run)  # the run's last step writes its report, as `polya run` does at the end
-        return code
-    finally:
-        time.sleep(linger)  # the last figures stay scrapeable for a scrape interval or two
+    code = execute(run, only=name, arm=arm)
+    if code == 0 and plan(run.spec)[-1] == PlannedStage.parse(f"{arm}/{name}"):
+        cluster_report(run)  # the run's last step writes its report, as `polya run` does at the end
+    if code == 0:
+        time.sleep(linger)  # the last figures stay scrapeable for a scrape interval or two (not on failure:
+        # a failed attempt reports at once, and the linger would count against activeDeadlineSeconds)
+    return code
 
 
 def cluster_report(run: PolyaRun) -> None:

@@ -34,7 +34,9 @@ def test_lint_is_clean():
 
 
 @pytest.mark.parametrize("values", [None, {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True},
-                                           "operator": {"watchNamespaces": ["a", "b"]},
+                                           "operator": {"watchNamespaces": ["a", "b"],
+                                                        "envFrom": [{"secretRef": {"name": "s3"}}],
+                                                        "env": [{"name": "AWS_REGION", "value": "eu-west-1"}]},
                                            "stages": {"image": "x/polya:1", "nodeSelector": {"pool": "gpu"},
                                                       "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}]}}])
 def test_rendered_builtin_objects_validate(values):
@@ -57,6 +59,7 @@ def test_rendered_builtin_objects_validate(values):
         assert ["--namespace=a", "--namespace=b"] == [a for a in c["args"] if a.startswith("--namespace")]
         env = {e["name"]: e["value"] for e in c["env"]}
         assert json.loads(env["POLYA_DEFAULT_NODE_SELECTOR"]) == {"pool": "gpu"}
+        assert env["AWS_REGION"] == "eu-west-1" and c["envFrom"] == [{"secretRef": {"name": "s3"}}]
     else:
         assert "ServiceMonitor" not in kinds and "PodMonitor" not in kinds and "--all-namespaces" in c["args"]
         env = {e["name"]: e["value"] for e in c["env"]}

@@ -291,10 +291,19 @@ def test_every_dashboard_query_returns_data_from_prometheus(e2e: Cluster):
     rows = []
     for title, expr in dashboard_queries():
         result = e2e.prometheus.query_range(expr, start, time.time())
-        rows.append((title, expr, len(result)))
-    for title, expr, n in rows:
-        print(f"{n:3d} series | {title} | {expr}")
-    assert all(n > 0 for _, _, n in rows), [r for r in rows if r[2] == 0]
+        values = [float(v) for series in result for _, v in series["values"]]
+        finite = [v for v in values if v == v and abs(v) != float("inf")]
+        rows.append((title, expr, len(result), finite))
+    for title, expr, n, finite in rows:
+        print(f"{n:3d} series, max {max(finite, default=float('nan')):.4g} | {title} | {expr}")
+    # data, not just series: primed series (NaN quantiles, zero rates) would otherwise count as answers
+    assert all(n > 0 and finite for _, _, n, finite in rows), [r[:3] for r in rows if not (r[2] and r[3])]
+    by_expr = {expr: finite for _, expr, _, finite in rows}
+    errors = next(e for e in by_expr if "reconcile_errors" in e)
+    assert max(by_expr[errors]) == 0  # the operator never failed a reconcile during the run
+    assert max(by_expr[next(e for e in by_expr if "polya_tokens_generated_total" in e)]) > 0
+    assert max(by_expr[next(e for e in by_expr if "stage_duration_seconds_bucket" in e)]) > 0
+    assert e2e.discovery.seen  # the stage pods were found the way the PodMonitor selects them
     # GRPO's gauges moved while the stage ran (one value per step), not only at its end
     steps = e2e.prometheus.query_range("polya_grpo_step", start, end)
     values = {float(v) for series in steps for _, v in series["values"]}

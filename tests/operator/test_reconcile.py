@@ -149,7 +149,7 @@ def test_a_rayjob_kuberay_refuses_fails_its_stage_at_once_with_kuberays_message(
     run["spec"]["maxStageRetries"] = 3
     job = step(run, Observed()).create[1]
     refused = copy.deepcopy(job)
-    refused["status"] = {"jobDeploymentStatus": "ValidationFailed",
+    refused["status"] = {"jobDeploymentStatus": "ValidationFailed", "reason": "ValidationFailed",
                          "message": "RayJob name should be no more than 47 characters"}
     d = step(run, Observed(rayjobs={job["metadata"]["name"]: refused}, configmap=True))
     st = d.status["stages"][0]
