@@ -29,11 +29,16 @@ def step(run, observed, now=T0):
     return d
 
 
-def finish(job, ok=True, message=None):
+def reported(job, **status):
+    """A copy of ``job`` with the status KubeRay would report."""
     job = copy.deepcopy(job)
-    job["status"] = {"jobStatus": "SUCCEEDED" if ok else "FAILED", "jobDeploymentStatus": "Complete" if ok else "Failed",
-                     "message": message}
+    job["status"] = status
     return job
+
+
+def finish(job, ok=True, message=None):
+    return reported(job, jobStatus="SUCCEEDED" if ok else "FAILED",
+                    jobDeploymentStatus="Complete" if ok else "Failed", message=message)
 
 
 def test_first_pass_creates_configmap_and_first_rayjob(run):
@@ -148,9 +153,8 @@ def test_a_rayjob_kuberay_refuses_fails_its_stage_at_once_with_kuberays_message(
     the stage fails with its message, without retries (the same RayJob would be refused again)."""
     run["spec"]["maxStageRetries"] = 3
     job = step(run, Observed()).create[1]
-    refused = copy.deepcopy(job)
-    refused["status"] = {"jobDeploymentStatus": "ValidationFailed", "reason": "ValidationFailed",
-                         "message": "RayJob name should be no more than 47 characters"}
+    refused = reported(job, jobDeploymentStatus="ValidationFailed", reason="ValidationFailed",
+                       message="RayJob name should be no more than 47 characters")
     d = step(run, Observed(rayjobs={job["metadata"]["name"]: refused}, configmap=True))
     st = d.status["stages"][0]
     assert st["phase"] == "Failed" and st["attempts"] == 1 and d.create == []
@@ -345,9 +349,8 @@ def test_a_stage_past_its_deadline_is_retried_with_kuberays_reason(run):
     run["spec"]["cluster"] = {"activeDeadlineSeconds": 60}
     run["spec"]["maxStageRetries"] = 1
     job = step(run, Observed()).create[1]
-    late = copy.deepcopy(job)
-    late["status"] = {"jobDeploymentStatus": "Failed", "reason": "DeadlineExceeded",
-                      "message": "The RayJob has passed the activeDeadlineSeconds."}
+    late = reported(job, jobDeploymentStatus="Failed", reason="DeadlineExceeded",
+                    message="The RayJob has passed the activeDeadlineSeconds.")
     d = step(run, Observed(rayjobs={job["metadata"]["name"]: late}, configmap=True))
     st = d.status["stages"][0]
     assert st["phase"] == "Pending" and st["message"].startswith(
