@@ -35,6 +35,10 @@ CEL_RULES: dict[tuple[str, ...], list[dict[str, str]]] = {
         {"rule": "!has(self.k) || !has(self.samples) || self.k.all(x, x <= self.samples)",
          "message": "every evaluation.k must be <= evaluation.samples"},
     ],
+    ("grpo", "rollout"): [
+        {"rule": "!has(self.temperature) || self.temperature > 0.0",
+         "message": "grpo.rollout.temperature must be > 0"},
+    ],
     ("filtering", "rewardModel"): [
         {"rule": "!has(self.kind) || self.kind == 'embedding' || has(self.name)",
          "message": "filtering.rewardModel.name is required when kind is judge or classifier"},

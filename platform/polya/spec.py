@@ -478,8 +478,17 @@ class GRPOSpec(LearnerSpec):
         default=None, description="Upper clip (DAPO clip-higher); default = clipRatio."
     )
     mu: PositiveInt = Field(default=1, description="Inner optimisation epochs per batch of rollouts.")
-    lossAggregation: Literal["token", "sequence"] = "token"
-    scaleRewards: bool = Field(default=True, description="Divide advantages by the group std (off = Dr. GRPO).")
+    lossAggregation: Literal["token", "sequence", "constant"] = Field(
+        default="token",
+        description="token: sum over every completion token of the step / their count (DAPO); sequence: mean per "
+        "completion, then over the step's completions (the original GRPO); constant: sum over the step's tokens / "
+        "(completions x rollout.maxTokens), Dr. GRPO's length-unbiased normaliser (use with scaleRewards: false).",
+    )
+    scaleRewards: bool = Field(
+        default=True,
+        description="Divide advantages by the group std; false is Dr. GRPO's advantage (pair with "
+        "lossAggregation: constant for its loss).",
+    )
     formatReward: Annotated[float, Field(ge=0)] = Field(default=0.0, description="Reward for a boxed final answer.")
     dynamicSampling: bool = Field(default=False, description="Resample groups whose rewards are all equal.")
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
@@ -490,6 +499,14 @@ class GRPOSpec(LearnerSpec):
         "on CPU), a replica on the learner's own GPU maps them by CUDA IPC; objectStore: safetensors bytes through "
         "Ray's object store (no direct learner-replica network).",
     )
+
+    @model_validator(mode="after")
+    def _sampled_rollouts(self) -> "GRPOSpec":
+        if self.rollout.temperature <= 0:
+            raise ValueError(
+                "grpo.rollout.temperature must be > 0: a group of greedy completions is identical (no signal) and "
+                "the learner's logprobs are taken at the sampling temperature; use e.g. 1.0")
+        return self
 
     @property
     def clip_high(self) -> float:

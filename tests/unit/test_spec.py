@@ -42,7 +42,7 @@ def test_heuristics_count_defaults_to_16(local_doc):
         (lambda s: s["model"].update(name="builtin:gpt-5"), "spec.model.name", "unknown builtin 'gpt-5'"),
         (lambda s: s["selfGeneration"].update(temperature=-0.1), "spec.selfGeneration.temperature", "greater than or equal to 0"),
         (lambda s: s["filtering"].update(keepIncorrect=1.5), "spec.filtering.keepIncorrect", "less than or equal to 1"),
-        (lambda s: s["grpo"].update(lossAggregation="mean"), "spec.grpo.lossAggregation", "'token' or 'sequence'"),
+        (lambda s: s["grpo"].update(lossAggregation="mean"), "spec.grpo.lossAggregation", "'token', 'sequence' or 'constant'"),
         (lambda s: s["midTraining"].update(zeroStage=4), "spec.midTraining.zeroStage", "less than or equal to 3"),
         (lambda s: s["heuristics"].update(names=["analogy"]), "spec.heuristics", "not both"),
         (lambda s: s["heuristics"].update(count=None, names=["analogy", "nope"]), "spec.heuristics.names", "'nope'"),

@@ -117,6 +117,10 @@ class Learner:
         self.tok = AutoTokenizer.from_pretrained(self.model_path, trust_remote_code=job.trust_remote_code)
         self.precision, self.dtype = learner_setup(section.precision, section.gpusPerWorker, ctx.get_local_world_size())
         self.engine = self.scheduler = None
+        import uuid
+
+        self.attempt = uuid.uuid4().hex[:8]  # this run of the loop: rows computed before a crash carry another
+        self.resumed: dict[str, Any] | None = None  # what `resume` loaded (step, optimizer steps, checkpoint)
 
     @property
     def pad_id(self) -> int:
@@ -169,7 +173,15 @@ class Learner:
         torch.set_rng_state(rng["cpu"])
         if rng.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])
-        return json.loads((folder / CKPT_STATE).read_text())
+        state = json.loads((folder / CKPT_STATE).read_text())
+        self.resumed = {"attempt": self.attempt, "from_step": int(state["step"]), "checkpoint": latest,
+                        "optimizer_steps": int(self.engine.global_steps)}
+        return state
+
+    def stamp(self) -> dict[str, Any]:
+        """Fields for a log row: the attempt that computed it and the optimizer steps taken so far (restored
+        from the checkpoint on resume), so a log shows where a resumed attempt started."""
+        return {"attempt": self.attempt, "optimizer_step": int(self.engine.global_steps)}
 
     def checkpoint(self, step: int, state: dict[str, Any]) -> float:
         """Collective: every rank writes its shards and RNG in its node's staging folder, one rank per node

@@ -249,7 +249,7 @@ def train_loop(config: dict) -> None:
     questions, verifier = _rank0_inputs(job, learner.rank)
     while step < g.steps:
         row = grpo_step(job, learner, ref, step, questions, verifier, publisher)
-        row.update(resumed_from=resumed_from, node=node_id())
+        row.update(resumed_from=resumed_from, node=node_id(), **learner.stamp())
         step = row["step"]
         rows.append(row)
         if "skipped" in row:
