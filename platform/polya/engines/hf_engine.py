@@ -23,11 +23,14 @@ class HFEngine:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=getattr(torch, resolve_dtype(cfg.dtype)),
                                                           trust_remote_code=cfg.trust_remote_code).eval()
-        self._lock = threading.Lock()
+        # one model and one tokenizer for all requests: a fast tokenizer's padding settings change per call,
+        # so concurrent calls (a GRPO step's spread) encode under the lock too
+        self._lock = threading.RLock()
         self.weight_version = 0
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        with self._lock:
+            return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -84,10 +87,14 @@ class HFEngine:
                     out.append(group)
         return out
 
+    def _checked_generate(self, prompts: list[str], sampling: Sampling) -> list[list[Completion]]:
+        with self._lock:
+            for p in prompts:
+                check_token_limit(self.count_tokens(p), sampling.max_tokens, self.max_model_len)
+            return self._generate_sync(prompts, sampling)
+
     async def generate(self, prompts: list[str], sampling: Sampling) -> list[list[Completion]]:
-        for p in prompts:
-            check_token_limit(self.count_tokens(p), sampling.max_tokens, self.max_model_len)
-        return await asyncio.to_thread(self._generate_sync, prompts, sampling)
+        return await asyncio.to_thread(self._checked_generate, prompts, sampling)
 
     def _load(self, blob: bytes) -> int:
         import safetensors.torch

@@ -120,11 +120,12 @@ def response_logits(model, batch: RolloutBatch) -> torch.Tensor:
     return torch.cat([first, tail], dim=1)
 
 
-def response_logprobs(model, batch: RolloutBatch, want_entropy: bool = False):
-    """(logprobs (B, C), entropy (B, C) or None) of the response tokens under ``model``."""
+def response_logprobs(model, batch: RolloutBatch, want_entropy: bool = False, temperature: float = 1.0):
+    """(logprobs (B, C), entropy (B, C) or None) of the response tokens under ``model`` sampled at
+    ``temperature`` (the logits are divided by it, as the rollout engine did before sampling)."""
     from polya.rl.grpo import logprobs_and_entropy, token_logprobs
 
     logits = response_logits(model, batch)
     if want_entropy:
-        return logprobs_and_entropy(logits, batch.response_ids)
-    return token_logprobs(logits, batch.response_ids), None
+        return logprobs_and_entropy(logits, batch.response_ids, temperature)
+    return token_logprobs(logits, batch.response_ids, temperature), None

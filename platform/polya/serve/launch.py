@@ -49,6 +49,12 @@ def actor_options(gpus: float) -> dict[str, Any]:
     return {"num_cpus": 0, "num_gpus": gpus} if gpus else {"num_cpus": REPLICA_CPUS}
 
 
+#: rollout calls go to the replicas in turn (Ray's round-robin router): a GRPO step sends its prompts as a
+#: burst of concurrent calls (`polya.stages.grpo.generate_spread`), and the default power-of-two router,
+#: whose queue lengths are stale within a burst, sent 6 of 8 of them to one of two replicas
+ROLLOUT_ROUTER = {"request_router_class": "ray.serve.experimental.round_robin_router:RoundRobinRouter"}
+
+
 def start_rollout(
     engine_cfg: "EngineConfig",
     replicas: int = 1,
@@ -65,7 +71,8 @@ def start_rollout(
 
     ensure_ray()
     ensure_serve(http_port)
-    app = RolloutServer.options(num_replicas=replicas, ray_actor_options=actor_options(gpus_per_replica)).bind(
+    app = RolloutServer.options(num_replicas=replicas, ray_actor_options=actor_options(gpus_per_replica),
+                                request_router_config=ROLLOUT_ROUTER).bind(
         engine_cfg, max_tokens_limit=max_tokens_limit
     )
     return serve.run(app, name=name, route_prefix=route_prefix)

@@ -1,17 +1,18 @@
 """Stage 4 — GRPO: rollouts on vLLM behind Ray Serve, learners on Ray Train + DeepSpeed, weights synced
 to every rollout replica after each update.
 
-One step: rank 0 samples `promptsPerStep` questions (a function of seed and step) and asks the rollout
-app for `groupSize` completions each; rewards are the verifier's 1/0 plus `formatReward` for a boxed
-answer; groups whose rewards are all equal carry no signal and are counted (and, with
-`dynamicSampling`, replaced by fresh prompts up to 3 rounds). Advantages are group-relative (std
-normalisation per `scaleRewards`). The batch is broadcast to all ranks; each rank computes old and
-reference logprobs for its shard, runs `mu` epochs of the clipped surrogate (+ k3 KL when `klCoef` > 0;
-`klCoef: 0` loads no reference model) and DeepSpeed steps once per epoch. Then the full weights go to
-every rollout replica before the next step: by default rank 0 broadcasts them over a process group that
-the vLLM workers join (`polya.rl.weight_sync`: NCCL on GPUs, CUDA IPC for a replica on the learner's own
-GPU, gloo on CPU); ``weightSync: objectStore``
-sends safetensors bytes through Ray's object store instead.
+One step: rank 0 samples `promptsPerStep` questions (a function of seed and step) and asks the rollout app for
+`groupSize` completions each, in concurrent calls spread over its replicas; rewards are the verifier's 1/0
+plus `formatReward` for a boxed answer; groups whose rewards are all equal carry no signal and are counted
+(and, with `dynamicSampling`, replaced by fresh prompts up to 3 rounds). Advantages are group-relative (std
+normalisation per `scaleRewards`). The batch is broadcast to all ranks; each rank computes old and reference
+logprobs for its shard (at the rollout temperature), runs `mu` epochs of the clipped surrogate normalised over
+the whole step's completions (`lossAggregation`, whatever the micro-batch size) (+ k3 KL when `klCoef` > 0;
+`klCoef: 0` loads no reference model) and DeepSpeed steps once per epoch.
+Then the full weights go to every rollout replica before the next step: by default rank 0 broadcasts them over
+a process group that the vLLM workers join (`polya.rl.weight_sync`: NCCL on GPUs, CUDA IPC for a replica on
+the learner's own GPU, gloo on CPU); ``weightSync: objectStore`` sends safetensors bytes through Ray's object
+store instead.
 
 The learner is the shared skeleton (`polya.rl.learner`: set-up, resume, checkpoints, final save); this
 module keeps only the GRPO step: `rollout` (rank 0) → `shard` → `learn` → publish (`polya.rl.publisher`).
@@ -81,6 +82,39 @@ def _sampling(g: GRPOSpec, rng: random.Random):
                     n=g.groupSize, logprobs=False, seed=rng.randrange(2**31))
 
 
+#: with several rollout replicas, a step's prompts go out in this many calls per replica (Serve routes each
+#: call to the less busy of two replicas, so a few calls per replica even out unequal answer lengths)
+CALLS_PER_REPLICA = 2
+
+
+def replica_shares(prompts: int, replicas: int) -> list[tuple[int, int]]:
+    """(start, stop) of each concurrent rollout call for a step's prompts: one call with one replica, else
+    ``CALLS_PER_REPLICA`` per replica, split as evenly as the prompts allow (consecutive, so results stay
+    in order)."""
+    calls = 1 if replicas <= 1 else max(1, min(prompts, replicas * CALLS_PER_REPLICA))
+    size, extra = divmod(prompts, calls)
+    bounds, start = [], 0
+    for i in range(calls):
+        stop = start + size + (1 if i < extra else 0)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+async def generate_spread(handle, prompts: list[str], sampling, replicas: int) -> list[list[dict]]:
+    """Every prompt's completions, the calls of `replica_shares` in flight at once so that every replica
+    works (one call would keep all of a step on one replica); each call's request seeds are offset by its
+    start, so no two prompts share a seed."""
+    import asyncio
+
+    from polya.serve.launch import call_with_retry
+
+    calls = [call_with_retry(handle.generate, prompts[a:b],
+                             sampling if sampling.seed is None else replace(sampling, seed=sampling.seed + a))
+             for a, b in replica_shares(len(prompts), replicas)]
+    return [group for part in await asyncio.gather(*calls) for group in part]
+
+
 def _sample_groups(job: GRPOJob, step: int, questions, tok, handle, verifier) -> tuple[list, int]:
     """(kept groups as (completions, rewards, correct), zero-signal groups seen): promptsPerStep questions, a
     function of (seed, step); with dynamicSampling, groups whose rewards are all equal are resampled."""
@@ -90,7 +124,6 @@ def _sample_groups(job: GRPOJob, step: int, questions, tok, handle, verifier) ->
 
     from polya.heuristics import render_prompt
     from polya.rl.grpo import zero_signal_groups
-    from polya.serve.launch import call_with_retry
 
     g = job.grpo
     rng = random.Random(f"{job.learner.seed}:{step}")
@@ -99,7 +132,7 @@ def _sample_groups(job: GRPOJob, step: int, questions, tok, handle, verifier) ->
         picks = [questions[rng.randrange(len(questions))] for _ in range(want)]
         sampling = _sampling(g, rng)
         prompts = [render_prompt(tok, q.question, None, few_shot=job.few_shot) for q in picks]
-        out = asyncio.run(call_with_retry(handle.generate, prompts, sampling))
+        out = asyncio.run(generate_spread(handle, prompts, sampling, g.rollout.replicas))
         for q, grp in zip(picks, out):
             r, c = _rewards(verifier, [q.answer] * len(grp), [x["text"] for x in grp], g.formatReward)
             if bool(zero_signal_groups(torch.tensor(r).view(1, -1))[0]):
@@ -148,49 +181,69 @@ def shard(seqs: list[dict], rank: int, per_rank: int, micro: int, pad_id: int) -
 
 
 def reference_logprobs(learner: Learner, ref, g: GRPOSpec, prepared: list) -> tuple[list, list]:
-    """(old, reference) logprobs per micro-batch. With one inner epoch the data is exactly on-policy: the
-    ratio is 1 and the old logprobs are the current ones (detached in the loss), so that pass is skipped,
-    as TRL does; ``klCoef: 0`` loads no reference."""
+    """(old, reference) logprobs per micro-batch, at the rollout temperature. With one inner epoch the data
+    is exactly on-policy: the ratio is 1 and the old logprobs are the current ones (detached in the loss),
+    so that pass is skipped, as TRL does; ``klCoef: 0`` loads no reference."""
     import torch
 
     from polya.rl.rollout_batch import response_logprobs
 
+    t = g.rollout.temperature
     with torch.no_grad():
-        olds = [response_logprobs(learner.engine.module, b)[0] if g.mu > 1 else None for b in prepared]
-        refs = [response_logprobs(ref, b)[0] if ref is not None else None for b in prepared]
+        olds = [response_logprobs(learner.engine.module, b, temperature=t)[0] if g.mu > 1 else None for b in prepared]
+        refs = [response_logprobs(ref, b, temperature=t)[0] if ref is not None else None for b in prepared]
     return olds, refs
 
 
-def learn(learner: Learner, g: GRPOSpec, prepared: list, olds: list, refs: list):
-    """``mu`` epochs of the clipped surrogate over this rank's micro-batches; this rank's mean loss, KL, clip
-    fraction and entropy (`mean_over_ranks` averages them)."""
+def step_counts(prepared: list) -> tuple[float, float]:
+    """(completion tokens, completions) of the whole step: this rank's micro-batches, summed over ranks
+    (collective) — what `lossAggregation` normalises by."""
     import torch
 
-    from polya.rl.grpo import aggregate, grpo_loss
+    local = torch.tensor([sum(float(b.mask.sum()) for b in prepared), sum(b.mask.shape[0] for b in prepared)],
+                         dtype=torch.float64)
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(local)
+    return float(local[0]), float(local[1])
+
+
+def learn(learner: Learner, g: GRPOSpec, prepared: list, olds: list, refs: list):
+    """``mu`` epochs of the clipped surrogate over this rank's micro-batches, normalised over the whole step
+    (`polya.rl.grpo.step_normaliser`); per epoch, this rank's share of the step's loss and KL, and its mean
+    clip fraction and entropy (`mean_over_ranks` sums the shares and averages the rest)."""
+    import torch
+
+    from polya.rl.grpo import aggregate, grpo_loss, step_normaliser
     from polya.rl.rollout_batch import response_logprobs
 
     engine = learner.engine
+    t = g.rollout.temperature
+    normaliser = step_normaliser(*step_counts(prepared), g.lossAggregation, g.rollout.maxTokens)
+    # DeepSpeed divides each backward by its accumulation steps and averages gradients over ranks: undo
+    # both, so the step's gradient is that of sum(shares) = the loss over every completion of the step
+    scale = engine.gradient_accumulation_steps() * learner.world
     sums = torch.zeros(4, dtype=torch.float64)  # loss, kl, clip fraction, entropy
     for epoch in range(g.mu):
         for b, old, refp in zip(prepared, olds, refs):
-            lp, ent = response_logprobs(engine, b, want_entropy=epoch == 0)
+            lp, ent = response_logprobs(engine, b, want_entropy=epoch == 0, temperature=t)
             loss, st = grpo_loss(lp, lp.detach() if old is None else old, b.advantages, b.mask,
                                  clip_low=g.clipRatio, clip_high=g.clip_high, ref_logp=refp,
-                                 kl_coef=g.klCoef, aggregation=g.lossAggregation)
-            engine.backward(loss)
+                                 kl_coef=g.klCoef, aggregation=g.lossAggregation, normaliser=normaliser,
+                                 max_tokens=g.rollout.maxTokens)
+            engine.backward(loss * scale)
             engine.step()
-            sums[:3] += torch.tensor([st.loss, st.kl, st.clip_fraction], dtype=torch.float64)
+            sums[:3] += torch.tensor([st.loss, st.kl, st.clip_fraction / len(prepared)], dtype=torch.float64)
             if ent is not None:
-                sums[3] += float(aggregate(ent.detach(), b.mask, "token"))
-    count = g.mu * len(prepared)
-    return torch.stack([sums[0] / count, sums[1] / count, sums[2] / count, sums[3] / max(1, len(prepared))])
+                sums[3] += float(aggregate(ent.detach(), b.mask, "token")) / len(prepared)
+    return torch.stack([sums[0] / g.mu, sums[1] / g.mu, sums[2] / g.mu, sums[3]])
 
 
 def mean_over_ranks(figures, world: int) -> dict[str, float]:
+    """The step's loss and KL (sums of the ranks' shares), mean clip fraction and entropy over ranks."""
     import torch
 
     torch.distributed.all_reduce(figures)
-    return dict(zip(("loss", "kl", "clip_fraction", "entropy"), (figures / world).tolist()))
+    return dict(zip(("loss", "kl", "clip_fraction", "entropy"), (figures / torch.tensor([1, 1, world, world])).tolist()))
 
 
 def _rank0_inputs(job: GRPOJob, rank: int):

@@ -1,0 +1,163 @@
+"""The GRPO step by the book, each against a hand-computed value:
+
+* the learner's logprobs (old, reference, current) are those of softmax(logits / T) at the rollout's
+  sampling temperature T;
+* the loss is normalised over the whole step — every completion of every micro-batch — whatever the
+  micro-batch size (``token``: completion tokens, ``sequence``: completions, ``constant``: Dr. GRPO's
+  completions × maxTokens), checked through a real DeepSpeed engine with gradient accumulation: the
+  update equals the gradient of the step's loss computed in one piece by autograd;
+* a step's prompts go out in concurrent calls that cover every replica.
+
+Each fails on the code before these fixes (logprobs at T = 1, a per-micro-batch normaliser, one call).
+"""
+from __future__ import annotations
+
+import copy
+import socket
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from polya.rl.rollout_batch import pack, response_logits
+from polya.spec import GRPOSpec
+
+# two groups of two completions, unequal lengths (the case where the aggregations differ)
+SEQS = [
+    {"prompt_ids": [5, 6, 7], "ids": [8, 9, 10, 11], "adv": 1.0},
+    {"prompt_ids": [5, 6, 7], "ids": [12], "adv": -1.0},
+    {"prompt_ids": [20, 21], "ids": [22, 23], "adv": 0.5},
+    {"prompt_ids": [20, 21], "ids": [24, 25, 26], "adv": -0.5},
+]
+
+
+def _model(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+
+
+def test_step_normaliser_over_micro_batches_by_hand():
+    """On-policy (ratio 1) the per-token term is -A. Two micro-batches: [len 4, A=1] and [len 1, A=-2]."""
+    from polya.rl.grpo import grpo_loss, step_normaliser
+
+    mb1 = (torch.zeros(1, 4), torch.ones(1, 4), torch.tensor([1.0]))
+    mb2 = (torch.zeros(1, 1), torch.ones(1, 1), torch.tensor([-2.0]))
+
+    def step_loss(mode: str) -> float:
+        norm = step_normaliser(tokens=5, completions=2, mode=mode, max_tokens=8)
+        return sum(grpo_loss(lp, lp, adv, m, aggregation=mode, normaliser=norm, max_tokens=8)[0].item()
+                   for lp, m, adv in (mb1, mb2))
+
+    assert step_loss("token") == pytest.approx(-(4 * 1 + 1 * -2) / 5)  # -0.4: over the step's 5 tokens
+    assert step_loss("sequence") == pytest.approx(-(1 + -2) / 2)  # 0.5: per completion, then over 2
+    assert step_loss("constant") == pytest.approx(-(4 * 1 + 1 * -2) / (2 * 8))  # -0.125: Dr. GRPO
+    # the old per-micro-batch normalisation averaged each micro-batch's own token mean: (-1 + 2) / 2
+    per_mb = sum(grpo_loss(lp, lp, adv, m, aggregation="token")[0].item() for lp, m, adv in (mb1, mb2)) / 2
+    assert per_mb == pytest.approx(0.5) and per_mb != pytest.approx(step_loss("token"))
+    with pytest.raises(ValueError, match="max_tokens"):
+        step_normaliser(5, 2, "constant")
+
+
+def test_learner_logprobs_at_the_rollout_temperature(tiny_model):
+    from polya.stages.grpo import reference_logprobs
+
+    model = _model(tiny_model).eval()
+    batch = pack(SEQS, pad_id=0)
+    g = GRPOSpec(mu=2, rollout={"temperature": 0.5, "maxTokens": 8})
+    olds, refs = reference_logprobs(SimpleNamespace(engine=SimpleNamespace(module=model)), model, g, [batch])
+    with torch.no_grad():
+        logits = response_logits(model, batch).float()
+    want = torch.log_softmax(logits / 0.5, -1).gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
+    at_one = torch.log_softmax(logits, -1).gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
+    m = batch.mask.bool()
+    for got in (olds[0], refs[0]):
+        assert torch.allclose(got[m], want[m], atol=1e-5)
+        assert not torch.allclose(got[m], at_one[m], atol=1e-3)  # T = 1 is a different policy here
+    # by hand, one token: log softmax(z / T)_y for the first response token of the first sequence
+    z, y = logits[0, 0], SEQS[0]["ids"][0]
+    assert olds[0][0, 0].item() == pytest.approx((z[y] / 0.5 - torch.logsumexp(z / 0.5, -1)).item(), abs=1e-5)
+    with pytest.raises(Exception, match="temperature must be > 0"):
+        GRPOSpec(rollout={"temperature": 0.0})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def dist_world_of_one():
+    """A one-rank torch.distributed group (gloo), as Ray Train gives each learner, for the module (DeepSpeed
+    keeps the group it first saw); torn down after."""
+    import os
+
+    import torch.distributed as dist
+
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "RANK": "0", "WORLD_SIZE": "1",
+           "LOCAL_RANK": "0", "LOCAL_SIZE": "1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.mark.parametrize("mode", ["token", "sequence", "constant"])
+def test_learn_normalises_over_the_whole_step_through_deepspeed(tiny_model, dist_world_of_one, mode):
+    """`learn` on a real DeepSpeed engine (SGD, lr 1, no clipping, micro-batch 1 → 4 accumulation steps):
+    the parameters move by exactly minus the gradient of the step's loss over all 4 completions, computed
+    in one piece by autograd at the rollout temperature."""
+    import deepspeed
+
+    from polya.rl.deepspeed_config import deepspeed_config
+    from polya.rl.grpo import aggregate, token_logprobs
+    from polya.stages.grpo import learn
+
+    g = GRPOSpec(mu=1, klCoef=0.0, microBatchSize=1, lossAggregation=mode, rollout={"temperature": 0.7, "maxTokens": 8})
+    model = _model(tiny_model)
+    reference = copy.deepcopy(model)
+    prepared = [pack([s], pad_id=0) for s in SEQS]  # four micro-batches of one completion
+    cfg = deepspeed_config(0, "fp32", micro_batch=1, grad_accum=len(prepared), max_grad_norm=0.0)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=1.0), config=cfg)
+    before = {n: p.detach().clone() for n, p in reference.named_parameters()}
+    figures = learn(SimpleNamespace(engine=engine, world=1), g, prepared, [None] * 4, [None] * 4)
+
+    # the step's loss in one piece: on-policy, so loss = aggregate(-A * exp(lp - lp.detach())) = -A·lp terms
+    whole = pack(SEQS, pad_id=0)
+    lp = token_logprobs(response_logits(reference, whole), whole.response_ids, temperature=0.7)
+    per_token = -torch.exp(lp - lp.detach()) * whole.advantages.unsqueeze(-1)
+    loss = aggregate(per_token, whole.mask, mode, **({"max_tokens": 8} if mode == "constant" else {}))
+    loss.backward()
+    moved = {n: before[n] - p.detach() for n, p in engine.module.named_parameters()}
+    grads = {n: p.grad for n, p in reference.named_parameters() if p.grad is not None}
+    assert grads and all(torch.allclose(moved[n], grads[n], atol=1e-5, rtol=1e-4) for n in grads)
+    assert figures[0].item() == pytest.approx(loss.item(), abs=1e-6)  # the step's loss, as logged
+    # hand-computed normalisers of these 4 completions (lengths 4, 1, 2, 3): the loss is -Σ A·ratio / N
+    tokens = sum(len(s["ids"]) for s in SEQS)
+    expected = {"token": -sum(s["adv"] * len(s["ids"]) for s in SEQS) / tokens,
+                "sequence": -sum(s["adv"] for s in SEQS) / 4,
+                "constant": -sum(s["adv"] * len(s["ids"]) for s in SEQS) / (4 * 8)}[mode]
+    assert loss.item() == pytest.approx(expected)  # (0 for sequence: each group's advantages sum to 0)
+    assert max(float(v.abs().max()) for v in grads.values()) > 1e-4  # and yet the update is not trivial
+
+
+def test_a_step_is_split_over_every_replica():
+    from polya.stages.grpo import CALLS_PER_REPLICA, replica_shares
+
+    assert replica_shares(64, 1) == [(0, 64)]
+    for prompts, replicas in ((64, 2), (5, 2), (7, 3), (3, 8)):
+        shares = replica_shares(prompts, replicas)
+        assert shares[0][0] == 0 and shares[-1][1] == prompts
+        assert all(a[1] == b[0] for a, b in zip(shares, shares[1:]))  # consecutive, no gaps or overlaps
+        assert len(shares) == min(prompts, replicas * CALLS_PER_REPLICA) >= min(prompts, replicas)
+        sizes = [b - a for a, b in shares]
+        assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
+    assert replica_shares(64, 2) == [(0, 16), (16, 32), (32, 48), (48, 64)]
