@@ -31,6 +31,7 @@ def grpo_stage(uri: str, steps: int) -> tuple[float, dict]:
     run = PolyaRun.model_validate({
         "apiVersion": "polya.dev/v1alpha1", "kind": "PolyaRun", "metadata": {"name": "bench-storage"},
         "spec": {"model": {"name": "builtin:smollm2-135m-instruct", "maxModelLen": 2048},
+                 "selfGeneration": {"maxTokens": 64},  # not run: only has to fit maxModelLen
                  "dataset": {"source": "builtin:arithmetic", "limit": 64}, "storage": {"uri": uri},
                  "grpo": {"steps": steps, "promptsPerStep": 2, "groupSize": 4, "klCoef": 0.0, "workers": 1,
                           "zeroStage": 0, "microBatchSize": 4, "checkpointEvery": 1, "rollout": {"maxTokens": 64}},

@@ -1,11 +1,14 @@
 """Question sets: the seeded `builtin:arithmetic` generator and jsonl/json/parquet/hub loaders.
 
-A bad row (missing field, empty question, unusable answer) is counted and reported in a `LoadReport`,
-never fatal: a run over 12,000 questions should not die on row 8,311.
+A bad row (not a JSON object, invalid JSON, missing field, empty question, unusable answer) is counted and
+reported in a `LoadReport`, never fatal: a run over 12,000 questions should not die on row 8,311. A source
+that cannot be read at all, or holds no usable question, raises `polya.validation.UserError` (one line
+naming the source and the fix).
 """
 from __future__ import annotations
 
 import json
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +16,7 @@ from typing import Any, Iterable
 
 from polya.answers import normalize_gold
 from polya.spec import QuestionSourceSpec, uri_scheme
+from polya.validation import UserError
 
 
 @dataclass(frozen=True)
@@ -104,52 +108,119 @@ def arithmetic(n: int, seed: int = 0, difficulty: Iterable[int] = (1, 2)) -> lis
 
 
 # ------------------------------------------------------------------------------ files and hubs
-def _read_rows(source: str, split: str) -> Iterable[dict[str, Any]]:
-    scheme = uri_scheme(source)
-    if scheme == "hf":
-        try:
-            import datasets  # noqa: F401  (present in the cluster image, not in the CPU test set)
-        except ImportError as exc:
-            raise RuntimeError(f"{source}: hub datasets need the `datasets` package") from exc
-        import datasets
+@dataclass(frozen=True)
+class _BadRow:
+    """A row that could not be read as a JSON object (counted under ``reason``, never fatal)."""
 
-        yield from datasets.load_dataset(source[len("hf://"):], split=split)
-        return
+    reason: str
+
+
+NOT_AN_OBJECT = "row is not an object"
+
+
+def _json_rows(data: Any, split: str) -> Iterable[Any]:
+    """The rows of a whole-file JSON document: a list of objects, or an object holding one under ``split``
+    or ``data``; anything else is one bad row."""
+    if isinstance(data, list):
+        return data
+    if isinstance(data, dict):
+        for key in (split, "data"):
+            if isinstance(data.get(key), list):
+                return data[key]
+        return [_BadRow(f"top-level object has no {split!r} or 'data' list of rows")]
+    return [_BadRow(f"top level is {type(data).__name__}, not a list of objects")]
+
+
+def _opener(source: str, scheme: str | None):
     if scheme not in (None, "file"):
         import fsspec  # s3://, gs://: the filesystem packages ship in the cluster image
 
-        opener = fsspec.open(source, "rb")
-    else:
-        path = Path(source[len("file://"):] if scheme == "file" else source)
-        if not path.exists():
-            raise FileNotFoundError(f"question file {path} does not exist")
-        opener = open(path, "rb")
+        try:
+            return fsspec.open(source, "rb")
+        except ImportError as exc:  # fsspec names the package: "Install s3fs to access S3"
+            from polya.storage import install_hint
+
+            raise UserError(f"{source}: {install_hint(source, exc)}") from None
+    path = Path(source[len("file://"):] if scheme == "file" else source)
+    if not path.exists():
+        raise FileNotFoundError(f"question file {path} does not exist")
+    if path.is_dir():
+        raise UserError(f"{source}: is a folder; name a .jsonl, .json or .parquet file")
+    return open(path, "rb")
+
+
+def _read_rows(source: str, split: str) -> Iterable[Any]:
+    """Rows of ``source``: dicts, or `_BadRow`s and other values (not objects) that the caller counts."""
+    scheme = uri_scheme(source)
+    if scheme == "hf":
+        try:
+            import datasets
+        except ImportError:  # present in the cluster image, not in the CPU test set
+            raise UserError(f"{source}: hub datasets need the `datasets` package: install it "
+                            "(pip install datasets)") from None
+        try:
+            rows = datasets.load_dataset(source[len("hf://"):], split=split)
+        except Exception as exc:  # noqa: BLE001 - unknown name, split, network: the hub's own types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"{source}: cannot load the hub dataset (split {split!r}): {first}") from None
+        yield from rows  # hub rows are always objects
+        return
     name = source.lower()
-    with opener as fh:
-        if name.endswith(".parquet"):
-            import pyarrow.parquet as pq
+    try:
+        with _opener(source, scheme) as fh:
+            if name.endswith(".parquet"):
+                import pyarrow as pa
+                import pyarrow.parquet as pq
 
-            yield from pq.read_table(fh).to_pylist()
-        elif name.endswith(".json"):
-            data = json.load(fh)
-            yield from (data if isinstance(data, list) else data.get(split, data.get("data", [])))
-        else:  # jsonl (optionally .gz)
-            if name.endswith(".gz"):
-                import gzip
-
-                fh = gzip.open(fh)
-            for lineno, line in enumerate(fh):
-                line = line.strip()
-                if not line:
-                    continue
+                try:  # one thread: with Arrow's pool, a process reading a Python file object aborts at exit
+                    table = pq.read_table(fh, use_threads=False)  # now and then (pyarrow 26); question files are small
+                except (pa.ArrowException, OSError) as exc:
+                    raise UserError(f"{source}: not a readable parquet file ({str(exc).splitlines()[0]})") from None
+                yield from table.to_pylist()  # every row of a table is an object
+            elif name.endswith(".json"):
                 try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield {"__polya_error__": f"invalid JSON ({exc.msg})", "__line__": lineno}
+                    data = json.load(fh)
+                except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
+                    yield _BadRow(_json_error(exc))
+                    return
+                yield from _json_rows(data, split)
+            else:  # jsonl (optionally .gz)
+                if name.endswith(".gz"):
+                    import gzip
+
+                    fh = gzip.open(fh)
+                for line in fh:
+                    line = line.strip()
+                    if not line:
+                        continue
+                    try:
+                        yield json.loads(line)
+                    except ValueError as exc:  # JSONDecodeError, or a line that is not UTF-8
+                        yield _BadRow(_json_error(exc))
+    except (EOFError, OSError) as exc:
+        if isinstance(exc, FileNotFoundError) or getattr(exc, "filename", None):
+            raise
+        # gzip.BadGzipFile, a truncated .gz, an object store's own error
+        raise UserError(f"{source}: cannot be read: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
+def _json_error(exc: ValueError) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"invalid JSON ({exc.msg})"
+    return "invalid JSON (not UTF-8 text)"
+
+
+def _bad_answer(value: Any) -> bool:
+    """Cells no gold answer can come from: objects, NaN and infinities."""
+    if isinstance(value, (list, tuple)) and value:
+        value = value[0]
+    return isinstance(value, dict) or (isinstance(value, float) and not math.isfinite(value))
 
 
 def load_questions(spec: QuestionSourceSpec) -> tuple[list[Question], LoadReport]:
-    """Questions from ``spec`` and a report of the rows that could not be used."""
+    """Questions from ``spec`` and a report of the rows that could not be used. Bad rows are counted, never
+    fatal; a source without a single usable question raises `UserError` (with the report's summary): no
+    stage can do anything with it."""
     report = LoadReport(source=spec.source)
     if spec.source.startswith("builtin:"):
         qs = arithmetic(spec.limit or 256, seed=spec.seed, difficulty=spec.difficulty)
@@ -161,14 +232,21 @@ def load_questions(spec: QuestionSourceSpec) -> tuple[list[Question], LoadReport
         if spec.limit is not None and len(out) >= spec.limit:
             break
         report.rows += 1
-        if "__polya_error__" in row:
-            report.reject(i, row["__polya_error__"])
+        if isinstance(row, _BadRow):
+            report.reject(i, row.reason)
+            continue
+        if not isinstance(row, dict):
+            report.reject(i, NOT_AN_OBJECT)
             continue
         q = row.get(spec.questionField)
-        if not isinstance(q, str) or not q.strip():
+        if q is not None and not isinstance(q, str):
+            report.reject(i, f"{spec.questionField!r} is not text")
+            continue
+        if not q or not q.strip():
             report.reject(i, f"missing or empty {spec.questionField!r}")
             continue
-        gold = normalize_gold(row.get(spec.answerField), spec.answerFormat)
+        cell = row.get(spec.answerField)
+        gold = None if _bad_answer(cell) else normalize_gold(cell, spec.answerFormat)
         if gold is None:
             report.reject(i, f"no usable answer in {spec.answerField!r}")
             continue
@@ -179,4 +257,8 @@ def load_questions(spec: QuestionSourceSpec) -> tuple[list[Question], LoadReport
         seen.add(qid)
         out.append(Question(id=qid, question=q.strip(), answer=gold))
     report.kept = len(out)
+    if not out:
+        what = report.summary() if report.rows else f"{spec.source}: no rows (an empty file?)"
+        raise UserError(f"{what}: no usable question; check the file and questionField "
+                        f"({spec.questionField!r}) / answerField ({spec.answerField!r})")
     return out, report

@@ -139,11 +139,12 @@ def resolve(name: str, revision: str | None = None, field: str = "model.name", d
     ``download=False`` only checks that the model is there (`polya.preflight`) and fetches nothing big."""
     scheme = uri_scheme(name)
     if scheme == "builtin":
-        if download:
-            return str(prepare_builtin(name.split(":", 1)[1]))
         if name not in BUILTIN_PACKAGES:
             raise ModelNotAvailable(f"{field}: unknown built-in model {name!r}; known: {sorted(BUILTIN_PACKAGES)}")
-        return str(_package_dir(BUILTIN_PACKAGES[name]))
+        try:
+            return str(prepare_builtin(name.split(":", 1)[1]) if download else _package_dir(BUILTIN_PACKAGES[name]))
+        except ModelNotAvailable as exc:
+            raise ModelNotAvailable(f"{field}: {exc}") from None
     if scheme not in (None, "file"):
         return _from_storage(name, field, download)
     path = local_path(name)

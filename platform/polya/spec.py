@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from polya.recipe import BASELINES, STAR_SELECTION
 
@@ -102,6 +102,13 @@ def _check_source(value: str, *, what: str, builtins: tuple[str, ...]) -> str:
     return value
 
 
+#: the fewest prompt tokens a stage's maxTokens must leave in model.maxModelLen: the shortest prompt the stages
+#: render (system turn + instruction + a one-line question, no few-shot example, no heuristic) is ~100 tokens,
+#: a heuristic with its few-shot example ~300. A floor, not a fit: `polya validate` measures the real prompts
+#: of local datasets. Mirrored by a CEL rule in polya.crd.
+MIN_PROMPT_TOKENS = 256
+
+
 # --------------------------------------------------------------------------------------------- inputs
 class ModelSpec(_Model):
     """The base model every stage starts from."""
@@ -117,7 +124,13 @@ class ModelSpec(_Model):
         "(GPUs, AVX512/AMX CPUs), float32 elsewhere (bf16 is ~4x slower than fp32 on AVX2-only CPUs).",
     )
     trustRemoteCode: bool = Field(default=False, description="Allow custom modelling code from the hub.")
-    maxModelLen: PositiveInt = Field(default=4096, description="Context length for engines and learners.")
+    maxModelLen: PositiveInt = Field(
+        default=4096,
+        description="Context length for engines and learners: prompt + generated tokens of every request. Each "
+        f"stage's maxTokens (selfGeneration, grpo.rollout, evaluation) must leave at least {MIN_PROMPT_TOKENS} "
+        "tokens of it for the prompt; `polya validate` also warns where a local dataset's longest rendered prompt "
+        "would not fit.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -555,6 +568,15 @@ class EvaluationSpec(RolloutSpec):
         return benchmarks
 
 
+def token_budgets() -> list[tuple[Any, tuple[str, ...]]]:
+    """The stages that generate beside a prompt: (stage definition, path of the block holding its maxTokens:
+    the stage's section, then the sampling block inside it)."""
+    from polya.recipe import STAGES, Stage
+
+    return [(STAGES[stage], (STAGES[stage].section, *inner))
+            for stage, inner in ((Stage.SELFGEN, ()), (Stage.GRPO, ("rollout",)), (Stage.EVALUATE, ()))]
+
+
 class PolyaRunSpec(_Model):
     model: ModelSpec
     dataset: DatasetSpec
@@ -580,6 +602,30 @@ class PolyaRunSpec(_Model):
         if self.evaluation.composition.classifier == "judge" and self.filtering.rewardModel.kind != "judge":
             raise ValueError("evaluation.composition.classifier 'judge' uses the judge of filtering.rewardModel: "
                              "set filtering.rewardModel.kind to 'judge' (with a name), or use 'embedding'")
+        return self
+
+    @model_validator(mode="after")
+    def _token_budgets(self) -> "PolyaRunSpec":
+        """Every enabled stage's maxTokens leaves MIN_PROMPT_TOKENS of model.maxModelLen for the prompt (else
+        every request of that stage is refused at run time by the engines' token check)."""
+        limit, errors = self.model.maxModelLen, []
+        for stage, path in token_budgets():
+            if not stage.enabled(self):
+                continue  # a disabled stage sends no request
+            block: Any = self
+            for part in path:
+                block = getattr(block, part)
+            if block.maxTokens + MIN_PROMPT_TOKENS > limit:
+                room = max(limit - block.maxTokens, 0)
+                fix = (f"lower it to <= {limit - MIN_PROMPT_TOKENS} or raise spec.model.maxModelLen to >= "
+                       f"{block.maxTokens + MIN_PROMPT_TOKENS}" if limit > MIN_PROMPT_TOKENS
+                       else f"raise spec.model.maxModelLen to >= {block.maxTokens + MIN_PROMPT_TOKENS}")
+                msg = (f"{block.maxTokens} generated tokens leave {room} of model.maxModelLen ({limit}) for the "
+                       f"prompt, fewer than {MIN_PROMPT_TOKENS}: {fix}")
+                errors.append({"type": "value_error", "loc": (*path, "maxTokens"), "input": block.maxTokens,
+                               "ctx": {"error": ValueError(msg)}})
+        if errors:  # one error per field, each at its own path (spec.evaluation.maxTokens: ...)
+            raise ValidationError.from_exception_data(type(self).__name__, errors)
         return self
 
 

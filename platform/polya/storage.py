@@ -53,14 +53,50 @@ def join(uri: str, *parts: str) -> str:
     return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
 
 
+#: the package an object-store scheme needs (fsspec's backend), and the polya extra that installs it
+BACKENDS: dict[str, tuple[str, str | None]] = {
+    "s3": ("s3fs", "polya[s3]"), "s3a": ("s3fs", "polya[s3]"), "gs": ("gcsfs", "polya[gcs]"),
+    "gcs": ("gcsfs", "polya[gcs]"), "az": ("adlfs", None), "abfs": ("adlfs", None), "abfss": ("adlfs", None),
+    "hdfs": ("pyarrow", None),
+}
+
+
+def backend_missing(uri: str) -> str | None:
+    """The package that ``uri``'s scheme needs and this environment cannot import (None when it imports, or
+    the URI is local or needs nothing beyond fsspec)."""
+    import importlib
+
+    package = BACKENDS.get(uri_scheme(uri) or "", (None, None))[0]
+    if package is None:
+        return None
+    try:
+        importlib.import_module(package)
+    except ImportError:
+        return package
+    return None
+
+
+def install_hint(uri: str, exc: BaseException | None = None) -> str:
+    """'install X (pip install ...)' for the backend ``uri`` needs (fsspec's own message when unknown)."""
+    package, extra = BACKENDS.get(uri_scheme(uri) or "", (None, None))
+    if package is None:
+        return f"its filesystem cannot be loaded: {exc}" if exc else "its filesystem cannot be loaded"
+    how = f"pip install {package}" + (f", or pip install '{extra}'" if extra else "")
+    return f"{uri_scheme(uri)}:// needs the {package} package: install {package} ({how})"
+
+
 def filesystem(uri: str):
     """(fsspec filesystem, path inside it) for ``uri``. Object stores list without fsspec's listings cache:
-    other processes write under the same prefixes (a cached listing would hide their files)."""
+    other processes write under the same prefixes (a cached listing would hide their files). A backend
+    that is not installed (s3fs, gcsfs, adlfs) raises StorageError saying what to install."""
     import fsspec
 
-    if is_remote(uri):
-        return fsspec.core.url_to_fs(uri, use_listings_cache=False)
-    return fsspec.core.url_to_fs(uri)
+    try:
+        if is_remote(uri):
+            return fsspec.core.url_to_fs(uri, use_listings_cache=False)
+        return fsspec.core.url_to_fs(uri)
+    except ImportError as exc:
+        raise StorageError(f"{uri}: {install_hint(uri, exc)}") from None
 
 
 def exists(uri: str) -> bool:

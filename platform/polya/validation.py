@@ -1,4 +1,9 @@
-"""Turn manifests into validated `PolyaRun`s, with errors that name the field path and the fix."""
+"""Turn manifests into validated `PolyaRun`s, with errors that name the field path and the fix.
+
+`UserError` is the one type for mistakes in what a user gave (a file, a spec field, a command-line value):
+its message names the file or field and the fix, one line per problem, and `polya` prints it without a
+traceback (exit code 1). `polya.storage.StorageError` and `polya.models.ModelNotAvailable` follow the same
+rule."""
 from __future__ import annotations
 
 import difflib
@@ -10,6 +15,22 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from polya.spec import PolyaRun
+
+
+class UserError(Exception):
+    """A mistake in the user's input; ``str(exc)`` names the file or field and the fix (one line per problem)."""
+
+    @property
+    def lines(self) -> list[str]:
+        return [line for line in str(self).splitlines() if line.strip()] or [type(self).__name__]
+
+
+class SpecError(UserError, ValueError):
+    """A manifest that cannot be read or is not a valid PolyaRun: one line per problem, each naming the file
+    (and the field). A ValueError too, for callers that caught the ValueError `load_run_file` raised before."""
+
+    def __init__(self, lines: list[str]):
+        super().__init__("\n".join(lines))
 
 
 @dataclass(frozen=True)
@@ -73,13 +94,17 @@ def format_errors(exc: ValidationError) -> list[FieldError]:
                 msg += f" (fields here: {', '.join(known)})"
         elif err["type"] == "missing":
             msg = "required field is missing"
-        errors.append(FieldError(path, msg))
+        elif isinstance(err.get("input"), (str, int, float, bool)) \
+                and len(repr(err["input"])) <= 60 and repr(err["input"]) not in msg:
+            msg += f" (got {err['input']!r})"  # what was written, beside what is wanted
+        errors.append(FieldError(path, " ".join(msg.split())))  # one line, whatever the message held
     return errors
 
 
 def validate_doc(doc: Any) -> tuple[PolyaRun | None, list[FieldError]]:
     if not isinstance(doc, dict):
-        return None, [FieldError("(root)", f"expected a mapping, got {type(doc).__name__}")]
+        return None, [FieldError("(root)", f"the document is a {type(doc).__name__}, not a mapping: a PolyaRun has "
+                                           "apiVersion, kind, metadata and spec at the top level")]
     try:
         return PolyaRun.model_validate(doc), []
     except ValidationError as exc:
@@ -87,18 +112,49 @@ def validate_doc(doc: Any) -> tuple[PolyaRun | None, list[FieldError]]:
 
 
 def load_manifest(path: str | Path) -> list[Any]:
-    """YAML documents of a file (empty documents skipped)."""
-    with open(path) as fh:
-        return [d for d in yaml.safe_load_all(fh) if d is not None]
+    """YAML documents of a file (empty documents skipped); a file that cannot be read or parsed raises
+    `SpecError` naming the file (and the line of a YAML error)."""
+    def fail(why: str) -> SpecError:
+        return SpecError([f"{path}: {why}"])
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise fail("no such file (check the path)") from exc
+    except IsADirectoryError as exc:
+        raise fail("is a folder, not a YAML manifest") from exc
+    except PermissionError as exc:
+        raise fail("permission denied (make the file readable)") from exc
+    except UnicodeDecodeError as exc:
+        raise fail("not a UTF-8 text file (a PolyaRun manifest is YAML)") from exc
+    except OSError as exc:
+        raise fail(f"cannot read it: {exc.strerror or exc}") from exc
+    try:
+        return [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        if isinstance(exc, yaml.reader.ReaderError):  # a control character: no line, a character position
+            where = f" at character {exc.position + 1}"
+        problem = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc).splitlines()[0]
+        raise fail(f"not valid YAML{where}: {problem} (fix the syntax)") from exc
+
+
+def run_documents(docs: list[Any]) -> list[Any]:
+    """The documents of a manifest that are PolyaRuns (or claim no kind, or are not mappings: refused later)."""
+    return [d for d in docs if not isinstance(d, dict) or d.get("kind", "PolyaRun") == "PolyaRun"]
 
 
 def load_run_file(path: str | Path) -> PolyaRun:
-    """The single PolyaRun in ``path``; raises ValueError with every field error listed."""
-    docs = [d for d in load_manifest(path) if isinstance(d, dict) and d.get("kind") == "PolyaRun"] or load_manifest(path)
-    if len(docs) != 1:
-        raise ValueError(f"{path}: expected exactly one PolyaRun document, found {len(docs)}")
-    run, errors = validate_doc(docs[0])
+    """The single PolyaRun in ``path``; raises `SpecError` (a ValueError) with one line per field error, each
+    naming the file and the field path."""
+    docs = load_manifest(path)
+    runs = [d for d in docs if isinstance(d, dict) and d.get("kind") == "PolyaRun"] or docs
+    if len(runs) != 1:
+        empty = " (the file is empty)" if not docs else ""
+        raise SpecError([f"{path}: expected exactly one PolyaRun document, found {len(runs)}{empty}"])
+    run, errors = validate_doc(runs[0])
     if errors:
-        raise ValueError(f"{path}: invalid PolyaRun\n" + "\n".join(f"  {e}" for e in errors))
+        raise SpecError([f"{path}: {e}" for e in errors])
     assert run is not None
     return run

@@ -22,6 +22,7 @@ def _run_doc(model: str, storage: str, **over) -> PolyaRun:
             "heuristics": {"count": 2},
             "storage": {"uri": storage},
             "selfGeneration": {"samplesPerHeuristic": 2, "maxTokens": 24},
+            "grpo": {"rollout": {"maxTokens": 24}},  # not run here: only has to fit maxModelLen
             "evaluation": {"samples": 4, "k": [1, 2, 4], "maxTokens": 24,
                            "benchmarks": [{"name": "arith", "source": "builtin:arithmetic", "seed": 9, "limit": 3}]},
         },

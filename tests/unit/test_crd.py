@@ -90,3 +90,24 @@ def test_crd_schema_refuses_what_models_refuse(local_doc, path, value):
     local_doc["spec"][path[0]][path[1]] = value
     errors = list(_validator().iter_errors(local_doc))
     assert any(list(e.absolute_path)[-2:] == list(path) for e in errors), [e.message for e in errors]
+
+
+def test_token_budget_rules_sit_on_the_spec():
+    """PolyaRunSpec's token-budget rule is mirrored as CEL on the spec object: one rule per stage that generates,
+    each naming its field, with the models' defaults where a field is left out (and GRPO's enabled switch)."""
+    from polya.spec import MIN_PROMPT_TOKENS, EvaluationSpec, ModelSpec, RolloutSpec, SelfGenerationSpec
+
+    spec = crd.openapi_schema()["properties"]["spec"]
+    rules = {r["message"].split()[0]: r["rule"] for r in spec["x-kubernetes-validations"]}
+    assert set(rules) == {"spec.selfGeneration.maxTokens", "spec.grpo.rollout.maxTokens", "spec.evaluation.maxTokens"}
+    limit = f"self.model.maxModelLen : {ModelSpec.model_fields['maxModelLen'].default})"
+    for field, default in (("selfGeneration", SelfGenerationSpec), ("grpo.rollout", RolloutSpec),
+                           ("evaluation", EvaluationSpec)):
+        rule = rules[f"spec.{field}.maxTokens"]
+        assert f"has(self.{field}.maxTokens) ? self.{field}.maxTokens : " \
+               f"{default.model_fields['maxTokens'].default}) + {MIN_PROMPT_TOKENS} <= " in rule
+        assert rule.endswith(limit) or rule.endswith(limit + ")")
+    assert rules["spec.grpo.rollout.maxTokens"].startswith("!(has(self.grpo) && has(self.grpo.enabled) ? "
+                                                           "self.grpo.enabled : true) || ")
+    assert "x-kubernetes-validations" not in crd.strip_cel(crd.build_crd())["spec"]["versions"][0]["schema"][
+        "openAPIV3Schema"]["properties"]["spec"]

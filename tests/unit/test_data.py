@@ -6,8 +6,9 @@ import re
 
 import pytest
 
-from polya.data import arithmetic, load_questions
+from polya.data import NOT_AN_OBJECT, arithmetic, load_questions
 from polya.spec import BenchmarkSpec, DatasetSpec
+from polya.validation import UserError
 
 
 def _solve(q: str) -> int:
@@ -69,6 +70,73 @@ def test_jsonl_bad_rows_are_reported_not_fatal(tmp_path):
     assert report.bad["duplicate id"] == 1
     assert any("invalid JSON" in r for r in report.bad)
     assert "2/6 rows kept" in report.summary()
+
+
+def test_jsonl_rows_that_are_not_objects_are_counted(tmp_path):
+    """Valid JSON that is not an object (a number, a list, a string, null) is a bad row, not a crash."""
+    path = tmp_path / "qs.jsonl"
+    path.write_bytes(b"\n".join([b"42", b"[1, 2]", b'"x"', b"null", b"true",
+                                  json.dumps({"problem": "1+1?", "answer": "2"}).encode(),
+                                  b"\x80\x81 not utf-8", json.dumps({"problem": "2+2?", "answer": 4}).encode()]) + b"\n")
+    qs, report = load_questions(DatasetSpec(source=str(path)))
+    assert [(q.id, q.answer) for q in qs] == [("5", "2"), ("7", "4")]
+    assert report.rows == 8 and report.kept == 2
+    assert report.bad == {NOT_AN_OBJECT: 5, "invalid JSON (not UTF-8 text)": 1}
+    assert report.examples[0] == "row 0: row is not an object"
+    assert "2/8 rows kept (rejected: 1 invalid JSON (not UTF-8 text), 5 row is not an object)" in report.summary()
+
+
+@pytest.mark.parametrize("content, kept, bad", [
+    ('[42, {"problem": "a?", "answer": "1"}, null, [1]]', 1, {NOT_AN_OBJECT: 3}),
+    ('{"train": [{"problem": "a?", "answer": "1"}, "x"]}', 1, {NOT_AN_OBJECT: 1}),
+    ('{"data": [{"problem": "a?", "answer": "1"}]}', 1, {}),
+])
+def test_json_rows_that_are_not_objects_are_counted(tmp_path, content, kept, bad):
+    path = tmp_path / "qs.json"
+    path.write_text(content)
+    qs, report = load_questions(DatasetSpec(source=str(path)))
+    assert report.kept == kept == len(qs) and report.bad == bad
+
+
+@pytest.mark.parametrize("name, content, reason", [
+    ("qs.json", "42", "top level is int, not a list of objects"),
+    ("qs.json", '"text"', "top level is str, not a list of objects"),
+    ("qs.json", '{"problem": "a?", "answer": "1"}', "top-level object has no 'train' or 'data' list of rows"),
+    ("qs.json", '{"train": 5}', "top-level object has no 'train' or 'data' list of rows"),
+    ("qs.json", "{not json", "invalid JSON"),
+    ("qs.jsonl", '42\n[1]\n"x"\nnull\n', "4 row is not an object"),
+    ("qs.jsonl", '{"q": "1+1?", "a": "2"}\n', "missing or empty 'problem'"),
+    ("qs.jsonl", "", "no rows"),
+    ("qs.parquet", "PAR1 not a parquet file", "not a readable parquet file"),
+    ("qs.jsonl.gz", "not gzip", "cannot be read"),
+])
+def test_a_source_without_a_usable_question_is_one_clear_error(tmp_path, name, content, reason):
+    """Nothing usable at all (a wrong top level, only bad rows, an empty or corrupt file): a UserError naming
+    the file, the reasons and the fields to check, never a traceback from inside the loader."""
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(UserError) as caught:
+        load_questions(DatasetSpec(source=str(path)))
+    message = str(caught.value)
+    assert str(path) in message and reason in message and "\n" not in message
+
+
+def test_parquet_with_wrong_types(tmp_path):
+    """Cells of the wrong type are bad rows with a reason: a number as the question, an object or NaN as the
+    answer."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "qs.parquet"
+    pq.write_table(pa.table({"problem": ["a?", "b?", "c?", "d?"], "answer": [1.0, float("nan"), 3.0, 4.5]}), path)
+    qs, report = load_questions(DatasetSpec(source=str(path)))
+    assert [q.answer for q in qs] == ["1", "3", "4.5"] and report.bad == {"no usable answer in 'answer'": 1}
+    pq.write_table(pa.table({"problem": [1, 2], "answer": [{"x": 1}, {"x": 2}]}), path)
+    with pytest.raises(UserError, match="2 'problem' is not text"):
+        load_questions(DatasetSpec(source=str(path)))
+    pq.write_table(pa.table({"problem": ["a?", "b?"], "answer": [{"x": 1}, {"x": 2}]}), path)
+    with pytest.raises(UserError, match="2 no usable answer in 'answer'"):
+        load_questions(DatasetSpec(source=str(path)))
 
 
 def test_parquet_and_limit(tmp_path):

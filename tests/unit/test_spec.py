@@ -50,6 +50,10 @@ def test_heuristics_count_defaults_to_16(local_doc):
         (lambda s: s["dataset"].update(source="gopher://x"), "spec.dataset.source", "unsupported scheme 'gopher'"),
         (lambda s: s.update(baselines=["vanilla", "vanilla"]), "spec", "twice"),
         (lambda s: s["evaluation"].update(benchmarks=[]), "spec.evaluation.benchmarks", "at least 1"),
+        (lambda s: s["evaluation"].update(maxTokens=2048), "spec.evaluation.maxTokens", "lower it to <= 1792"),
+        (lambda s: s["grpo"]["rollout"].update(maxTokens=1793), "spec.grpo.rollout.maxTokens", "leave 255 of"),
+        (lambda s: s["selfGeneration"].pop("maxTokens"), "spec.selfGeneration.maxTokens", "2048 generated tokens"),
+        (lambda s: s["model"].update(maxModelLen=200), "spec.evaluation.maxTokens", "raise spec.model.maxModelLen"),
     ],
 )
 def test_bad_specs_name_the_field(local_doc, mutate, path, fragment):
@@ -91,3 +95,23 @@ def test_uri_scheme(uri, scheme):
 def test_k_is_sorted_and_deduplicated(local_doc):
     local_doc["spec"]["evaluation"]["k"] = [8, 1, 4, 1]
     assert PolyaRun.model_validate(local_doc).spec.evaluation.k == [1, 4, 8]
+
+
+def test_token_budgets_leave_room_for_a_prompt(local_doc):
+    """Each enabled stage's maxTokens leaves MIN_PROMPT_TOKENS of model.maxModelLen for the prompt: the
+    boundary passes, one token more is refused at the field, every offending field is named, and a disabled
+    GRPO stage (which sends no request) is not held to it."""
+    from polya.spec import MIN_PROMPT_TOKENS
+
+    spec = local_doc["spec"]
+    limit = spec["model"]["maxModelLen"]
+    spec["evaluation"]["maxTokens"] = spec["grpo"]["rollout"]["maxTokens"] = limit - MIN_PROMPT_TOKENS
+    PolyaRun.model_validate(local_doc)
+    spec["evaluation"]["maxTokens"] += 1
+    spec["grpo"]["rollout"]["maxTokens"] += 1
+    spec["selfGeneration"]["maxTokens"] = limit
+    paths = sorted(m.split(":")[0] for m in errors_of(local_doc))
+    assert paths == ["spec.evaluation.maxTokens", "spec.grpo.rollout.maxTokens", "spec.selfGeneration.maxTokens"]
+    spec["selfGeneration"]["maxTokens"] = spec["evaluation"]["maxTokens"] = 64
+    spec["grpo"]["enabled"] = False
+    assert PolyaRun.model_validate(local_doc).spec.grpo.rollout.maxTokens == limit - MIN_PROMPT_TOKENS + 1
