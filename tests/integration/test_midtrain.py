@@ -15,7 +15,7 @@ from polya.stages.common import StageContext
 pytestmark = pytest.mark.slow
 
 
-def _setup(tiny_model, tmp_path, **mt):
+def _setup(tiny_model, tmp_path, examples: int = 8, **mt):
     train = {"epochs": 2, "learningRate": 5e-3, "batchSize": 4, "microBatchSize": 1, "workers": 2,
              "zeroStage": 2, "precision": "fp32", "checkpointEvery": 2, "warmupRatio": 0.1}
     train.update(mt)
@@ -30,7 +30,8 @@ def _setup(tiny_model, tmp_path, **mt):
     filt = store.artifact("filter", "fixture")
     store.begin(filt)
     rows = [{"question_id": str(i), "question": f"What is {i} + {i}?", "answer": str(2 * i), "heuristic_id": "analogy",
-             "completion": f"{i} + {i} = {2 * i}. \\boxed{{{2 * i}}}", "correct": True, "adherence": 0.5} for i in range(8)]
+             "completion": f"{i} + {i} = {2 * i}. \\boxed{{{2 * i}}}", "correct": True, "adherence": 0.5}
+            for i in range(examples)]
     pq.write_table(pa.Table.from_pylist(rows), filt.local / "sft.parquet")
     store.commit(filt, {})
     return StageContext(run=run, store=store, stage="midtrain", inputs={"filter": filt}, progress=False)
@@ -48,6 +49,9 @@ def test_sft_two_workers_zero2(ray_session, tiny_model, tmp_path):
     log = json.loads((folder / "train_log.json").read_text())
     assert log["world"] == 2 and log["grad_accum"] == 2 and log["examples"] == 8
     assert log["steps"] == res.figures["steps"] == 4  # 8 examples / (2 ranks x 1 x 2) x 2 epochs
+    assert json.loads((folder / "resumes.json").read_text()) == []  # one attempt: nothing resumed
+    assert [(r["attempt"], r["optimizer_step"], r["resumed_from"]) for r in log["log"]] == [
+        (log["log"][0]["attempt"], n, 0) for n in (1, 2, 3, 4)]
     assert res.figures["loss_last"] < res.figures["loss_first"]  # it learns the traces
     trained = AutoModelForCausalLM.from_pretrained(folder / "model")
     base = AutoModelForCausalLM.from_pretrained(tiny_model)
@@ -58,22 +62,48 @@ def test_sft_two_workers_zero2(ray_session, tiny_model, tmp_path):
 
 
 def test_killed_sft_resumes_to_the_same_losses(ray_session, tiny_model, tmp_path, monkeypatch):
-    """Crash after step 3 (checkpoint at 2), rerun: steps 3-4 match an uninterrupted run."""
+    """16 examples on 2 ranks, 2 micro-batches per step: 4 steps per epoch, 8 in all. Crash after step 3 (a
+    checkpoint every 2 steps), rerun: the second attempt starts from the step-2 checkpoint (epoch 0 after its
+    4th micro-batch, 2 optimizer steps) and computes step 3 on, which a rerun from scratch would not; its
+    losses match an uninterrupted run's (the restored weights, optimizer, schedule and data order are right:
+    the stamps alone cannot show that)."""
+    from polya.rl.learner import checkpoint_steps
     from polya.stages import midtrain
 
-    clean = _setup(tiny_model, tmp_path / "clean")
+    clean = _setup(tiny_model, tmp_path / "clean", examples=16)
     midtrain.run(clean)
     reference = json.loads((clean.artifact().local / "train_log.json").read_text())
+    assert [r["step"] for r in reference["log"]] == list(range(1, 9))
 
-    crashed = _setup(tiny_model, tmp_path / "crashed")
+    crashed = _setup(tiny_model, tmp_path / "crashed", examples=16)
     monkeypatch.setenv("POLYA_CRASH_AFTER_STEP", "3")
     with pytest.raises(RuntimeError, match="mid-training failed"):
         midtrain.run(crashed)
     monkeypatch.delenv("POLYA_CRASH_AFTER_STEP")
+    ckpt_uri = crashed.learner_job(crashed.artifact(), str(tiny_model)).ckpt_uri
+    assert checkpoint_steps(ckpt_uri) == [2], "the crashed attempt left no step-2 checkpoint to resume from"
     resumed = midtrain.run(crashed)
-    log = json.loads((crashed.artifact().local / "train_log.json").read_text())
-    assert resumed.figures["steps"] == 4
-    assert [r["step"] for r in log["log"]] == [1, 2, 3, 4]
-    for a, b in zip(log["log"], reference["log"]):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6)
-        assert a["lr"] == pytest.approx(b["lr"], rel=1e-9)
+    folder = crashed.artifact().local
+    rows = json.loads((folder / "train_log.json").read_text())["log"]
+    resumes = json.loads((folder / "resumes.json").read_text())
+    assert resumed.figures["steps"] == 8
+    assert [r["step"] for r in rows] == list(range(1, 9))
+
+    # the second attempt started from the checkpoint: its step, data position and optimizer step count
+    assert len(resumes) == 1, f"the rerun did not resume from the step-2 checkpoint (resumes.json: {resumes})"
+    res = resumes[0]
+    assert res["checkpoint"].endswith("/step_2") and res["from_step"] == 2, res
+    assert res["position"] == {"epoch": 0, "batch": 4}, f"data position not restored: {res}"
+    assert res["optimizer_steps"] == 2, f"optimizer step count not restored: {res}"
+    first, second = rows[0]["attempt"], res["attempt"]
+    assert first != second
+    assert [r["attempt"] for r in rows] == [first] * 2 + [second] * 6, "steps 1-2 come from the checkpoint, 3-8 from the rerun"
+    new = rows[2]  # the first step the second attempt computed: epoch 0's 5th and 6th micro-batches
+    assert (new["step"], new["epoch"], new["batch"], new["optimizer_step"], new["resumed_from"]) == (3, 0, 6, 3, 2), new
+    assert [(r["epoch"], r["batch"], r["optimizer_step"]) for r in rows] == [
+        (e, b, 4 * e + b // 2) for e in (0, 1) for b in (2, 4, 6, 8)]
+
+    # and what it computed is right: the same losses and schedule as the uninterrupted run
+    for a, b in zip(rows, reference["log"]):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6), a["step"]
+        assert a["lr"] == pytest.approx(b["lr"], rel=1e-9), a["step"]

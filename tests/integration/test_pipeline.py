@@ -1,5 +1,6 @@
 """`polya run` end to end on a tiny model: every stage's artifact and the report; a changed stage setting
-reruns only that stage and later ones; a run killed mid-GRPO resumes to completion from its checkpoint."""
+reruns only that stage and later ones; a run killed mid-GRPO resumes to completion from its checkpoint (its
+log shows the rerun starting from the checkpoint's step and optimizer step count, not from scratch)."""
 from __future__ import annotations
 
 import json
@@ -14,6 +15,7 @@ import pytest
 import yaml
 
 from conftest import REPO, events, tiny_run
+from polya.rl.learner import checkpoint_steps
 
 pytestmark = pytest.mark.slow
 
@@ -75,20 +77,43 @@ def test_end_to_end_rerun_and_resume(tiny_model, tmp_path):
     assert cached == {"base/evaluate": True, "polya/selfgen": True, "polya/filter": True, "polya/midtrain": True,
                       "polya-sft/evaluate": True, "polya/grpo": False, "polya/evaluate": False}
 
-    # 3. killed mid-GRPO (after its first checkpoint), then resumed to completion
+    # 3. killed mid-GRPO (after a checkpoint, before its last step), then resumed to completion from it
     spec_path.write_text(yaml.safe_dump(tiny_run(tiny_model, storage, grpo_lr=3e-3, grpo_steps=3)))
     proc = polya_run(spec_path)
     ckpts = storage / "checkpoints" / "grpo"
+
+    def saved() -> dict[str, list[int]]:
+        """The complete checkpoints of the GRPO step this run has not committed yet (parts 1-2 committed theirs)."""
+        return {d.name: checkpoint_steps(str(d)) for d in ckpts.iterdir()
+                if not (storage / "grpo" / d.name / "manifest.json").exists()}
+
     deadline = time.time() + 600
-    while time.time() < deadline:
-        if any((d / "step_1" / "polya_state.json").exists() for d in ckpts.iterdir() if not (storage / "grpo" / d.name / "manifest.json").exists()):
-            break
+    while time.time() < deadline and not any(saved().values()) and proc.poll() is None:
         time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(30)
     kill_ray_started_by(proc.pid)  # what a killed `polya run` leaves behind (never this session's own Ray)
+    written = saved()
+    assert len(written) == 1 and next(iter(written.values())), f"no GRPO checkpoint before the kill: {written}"
+    (key, at_kill), = written.items()
+    last = at_kill[-1]
+    assert last < 3, f"killed too late: GRPO had checkpointed its last step ({at_kill}), nothing left to resume"
+
     done = [e for e in finish(polya_run(spec_path)) if e["event"] == "stage_done"]
     grpo = next(e for e in done if e["step"] == "polya/grpo")
     assert grpo["cached"] is False and grpo["figures"]["steps"] == 3
-    steps = json.loads((Path(grpo["artifact"]) / "steps.json").read_text())
+    art = Path(grpo["artifact"])
+    assert art.name == key
+    steps = json.loads((art / "steps.json").read_text())
     assert [r["step"] for r in steps] == [1, 2, 3]
+    # the rerun started from the newest checkpoint the killed run wrote, with its optimizer step count
+    resumes = json.loads((art / "resumes.json").read_text())
+    assert len(resumes) == 1 and resumes[0]["from_step"] == last, \
+        f"the rerun did not resume from the step-{last} checkpoint (resumes.json: {resumes})"
+    first, again = steps[0]["attempt"], resumes[0]["attempt"]
+    assert first != again
+    assert [(r["attempt"], r["resumed_from"]) for r in steps] == [(first, 0)] * last + [(again, last)] * (3 - last)
+    per_step = steps[0]["optimizer_step"]  # optimizer steps per GRPO step (mu inner epochs)
+    assert per_step >= 1 and resumes[0]["optimizer_steps"] == last * per_step, \
+        f"optimizer step count not restored: {resumes}"
+    assert [r["optimizer_step"] for r in steps] == [n * per_step for n in (1, 2, 3)]

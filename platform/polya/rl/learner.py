@@ -4,7 +4,9 @@ learner section, resumed from the latest complete checkpoint, checkpointed perio
 The driver side (`fit`) starts the Ray Train workers; each runs a stage's loop, which builds a `Learner`
 and keeps only what is its own (the SFT batches, the GRPO step). Checkpoints are DeepSpeed's (model,
 optimizer, scheduler) plus, per rank, the torch RNG, and a state file (step, data position, log) that rank 0
-writes last: a folder without it is incomplete and ignored.
+writes last: a folder without it is incomplete and ignored. The state file also carries the training's resumes
+(`Learner.resumes`), which the final save writes as ``resumes.json``: a log then shows which attempt computed
+each row and where every resumed attempt started.
 
 Workers may run on other machines than the driver: the job carries storage URIs only. The starting
 model is a reference each rank resolves on its node (`polya.models.resolve`); checkpoints are written in
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
 
 CKPT_STATE = "polya_state.json"
 CKPT_TAG = "ds"
+RESUMES_FILE = "resumes.json"  # in a learner's artifact: every resume of its training (`Learner.resumes`)
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,7 @@ class Learner:
 
         self.attempt = uuid.uuid4().hex[:8]  # this run of the loop: rows computed before a crash carry another
         self.resumed: dict[str, Any] | None = None  # what `resume` loaded (step, optimizer steps, checkpoint)
+        self.resumes: list[dict[str, Any]] = []  # every resume of this training, oldest first (kept in checkpoints)
 
     @property
     def pad_id(self) -> int:
@@ -174,8 +178,12 @@ class Learner:
         if rng.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])
         state = json.loads((folder / CKPT_STATE).read_text())
+        # the data position the loop resumes at: the state's scalars (SFT: epoch, batch; GRPO has none)
+        position = {k: v for k, v in state.items()
+                    if k not in ("step", "log", "resumes") and not isinstance(v, (dict, list))}
         self.resumed = {"attempt": self.attempt, "from_step": int(state["step"]), "checkpoint": latest,
-                        "optimizer_steps": int(self.engine.global_steps)}
+                        "optimizer_steps": int(self.engine.global_steps), "position": position}
+        self.resumes = [*state.get("resumes", []), self.resumed]
         return state
 
     def stamp(self) -> dict[str, Any]:
@@ -210,7 +218,7 @@ class Learner:
             storage.push(target, uri, skip=(CKPT_STATE,))
         torch.distributed.barrier()
         if self.rank == 0:
-            storage.write_json(storage.join(uri, CKPT_STATE), {"step": step, **state})
+            storage.write_json(storage.join(uri, CKPT_STATE), {"step": step, **state, "resumes": self.resumes})
         torch.distributed.barrier()
         if remote and self.node_leader:
             storage.remove(str(target))  # storage holds it now; a resume fetches it back
@@ -222,7 +230,8 @@ class Learner:
 
     def save(self, files: dict[str, Any]) -> None:
         """The final model (gathered under ZeRO-3: collective) as a Hugging Face folder ``model/``, and
-        ``files`` (name -> JSON-able) beside it, pushed to the stage's artifact by rank 0."""
+        ``files`` (name -> JSON-able) beside it with ``resumes.json`` (`resumes`: [] for a training that ran in
+        one attempt), pushed to the stage's artifact by rank 0."""
         import torch
 
         from polya import storage
@@ -235,7 +244,7 @@ class Learner:
                 storage.remove(str(out))  # a crashed attempt's leftovers
             self.engine.module.save_pretrained(str(out / "model"), state_dict=state, safe_serialization=True)
             self.tok.save_pretrained(str(out / "model"))
-            for name, value in files.items():
+            for name, value in {RESUMES_FILE: self.resumes, **files}.items():
                 (out / name).write_text(json.dumps(value, indent=1))
             storage.push(out, self.job.out_uri)
             if storage.is_remote(self.job.out_uri):

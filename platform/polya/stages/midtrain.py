@@ -9,8 +9,11 @@ optimizer step; ZeRO 0-3, bf16 or fp32.
 Checkpoints (DeepSpeed's, with scheduler, data position, RNG and step counter) go to
 ``<storage>/checkpoints/midtrain/<key>/`` every `checkpointEvery` steps and at the end — outside the
 artifact, so a crashed attempt resumes from them, on whichever node it reruns. The artifact holds
-``model/`` (a Hugging Face folder the rollout engine loads) and ``train_log.json``, pushed by rank 0; the
-workers read the filter's artifact by its URI (`polya.artifacts.fetch_uri`), never a driver's path.
+``model/`` (a Hugging Face folder the rollout engine loads), ``train_log.json`` and ``resumes.json`` (where
+each resumed attempt started: step, epoch/batch, optimizer steps), pushed by rank 0; each log row carries the
+attempt that computed it, the optimizer steps taken so far, its data position (epoch, micro-batches of the
+epoch consumed) and the step its attempt resumed from. The workers read the filter's artifact by its URI
+(`polya.artifacts.fetch_uri`), never a driver's path.
 """
 from __future__ import annotations
 
@@ -91,6 +94,7 @@ def train_loop(config: dict) -> None:
     engine = learner.engine
     state = learner.resume() or {"step": 0, "epoch": 0, "batch": 0, "log": []}
     step, rows = state["step"], state["log"]
+    resumed_from = step
     for epoch in range(state["epoch"], m.epochs):
         batches = epoch_batches(len(examples), job.learner.seed, epoch, learner.rank, learner.world, m.microBatchSize)
         losses: list[float] = []
@@ -104,7 +108,7 @@ def train_loop(config: dict) -> None:
                 continue
             step += 1
             row = {"step": step, "loss": sum(losses) / len(losses), "lr": learner.scheduler.get_last_lr()[0],
-                   "epoch": epoch}
+                   "epoch": epoch, "batch": b + 1, "resumed_from": resumed_from, **learner.stamp()}
             rows.append(row)
             losses = []
             ray.train.report(row)
