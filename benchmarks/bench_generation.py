@@ -2,7 +2,8 @@
 
 Same model, same prompts (arithmetic questions rendered with the Pólya catalogue and the chat
 template), same sampling (fixed-length completions), same engine settings, measured in the same run.
-Prints tokens/s of each and the ratio serve / offline (target >= 0.85).
+Prints tokens/s of each and the ratio serve / offline (target >= 0.95). Each side is the best of
+``--repeats`` runs after a warm-up (the first batch through a fresh replica is ~20% slower).
 
     .venv/bin/python benchmarks/bench_generation.py [--model builtin:smollm2-135m-instruct] [--prompts 64]
 """
@@ -93,7 +94,7 @@ def main() -> None:
     print(f"model={args.model} prompts={len(prompts)} max_tokens={args.max_tokens} (fixed length)")
     print(f"serve path (Ray Serve handle -> AsyncLLM): {serve_tps:8.1f} tokens/s")
     print(f"baseline vLLM offline LLM.generate:        {offline_tps:8.1f} tokens/s")
-    print(f"ratio serve/offline = {serve_tps / offline_tps:.3f}  (target >= 0.85)")
+    print(f"ratio serve/offline = {serve_tps / offline_tps:.3f}  (target >= 0.95)")
 
 
 if __name__ == "__main__":

@@ -302,7 +302,8 @@ def train_loop(config: dict) -> None:
     questions, verifier = _rank0_inputs(job, learner.rank)
     while step < g.steps:
         row = grpo_step(job, learner, ref, step, questions, verifier, publisher)
-        row.update(resumed_from=resumed_from, node=node_id(), **learner.stamp())
+        # t_end: when the step ended (wall clock): benchmarks time steps end to end, as TRL's callbacks do
+        row.update(resumed_from=resumed_from, node=node_id(), t_end=time.time(), **learner.stamp())
         step = row["step"]
         rows.append(row)
         if "skipped" in row:
