@@ -138,7 +138,14 @@ def prompt_warnings(run: "PolyaRun") -> list[str]:
     from polya.validation import UserError
 
     spec = run.spec
-    tok = local_tokenizer(spec.model)
+    try:
+        tok = local_tokenizer(spec.model)
+    except Exception as exc:  # noqa: BLE001 - an unreadable tokenizer.json: say so, measure nothing
+        tok = None
+        bad_tokenizer = [f"spec.model.name: the model's tokenizer could not be read ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())[:200]}); prompts were not measured"]
+    else:
+        bad_tokenizer = []
     heuristics = list(select(spec.heuristics.count, spec.heuristics.names))
     checks: list[tuple[str, str, str, "QuestionSourceSpec", list, int]] = [
         ("selfGeneration", "dataset", "dataset", spec.dataset,  # STaR generates without a heuristic
@@ -148,7 +155,7 @@ def prompt_warnings(run: "PolyaRun") -> list[str]:
     for i, bench in enumerate(spec.evaluation.benchmarks):
         checks.append(("evaluation", f"benchmark {bench.name!r}", f"evaluation.benchmarks[{i}]", bench, [None],
                        spec.evaluation.maxTokens))
-    limit, warnings, loaded = spec.model.maxModelLen, [], {}
+    limit, warnings, loaded = spec.model.maxModelLen, bad_tokenizer, {}
     for block, label, field, source, heads, max_tokens in checks:
         if source.source != "builtin:arithmetic" and uri_scheme(source.source) not in (None, "file"):
             continue  # hub and object-store sources are read where the run runs
@@ -162,14 +169,21 @@ def prompt_warnings(run: "PolyaRun") -> list[str]:
         questions = loaded[key]
         if not questions or tok is None:
             continue
-        lengths = tok.count([q.question for q in questions])
-        longest = sorted(range(len(questions)), key=lambda j: -lengths[j])[:_LONGEST]
-        best = (0, "", None)
-        for j in longest:
-            for h in heads:
-                n = tok.count([render_prompt(tok, questions[j].question, h, few_shot=spec.heuristics.fewShot)])[0]
-                if n > best[0]:
-                    best = (n, questions[j].id, h)
+        try:
+            lengths = tok.count([q.question for q in questions])
+            longest = sorted(range(len(questions)), key=lambda j: -lengths[j])[:_LONGEST]
+            best = (0, "", None)
+            for j in longest:
+                for h in heads:
+                    n = tok.count([render_prompt(tok, questions[j].question, h, few_shot=spec.heuristics.fewShot)])[0]
+                    if n > best[0]:
+                        best = (n, questions[j].id, h)
+        except Exception as exc:  # noqa: BLE001 - a broken tokenizer or chat template: a warning, not a crash
+            warnings.append(f"spec.model.name: prompts of the {label} could not be measured with the model's "
+                            f"tokenizer ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); the engines "
+                            f"will load the same files: check tokenizer.json / the chat template")
+            tok = None
+            continue
         n, qid, h = best
         if n + max_tokens > limit:
             which = f"question {qid}" + (f", heuristic {h.id}" if h is not None else "")

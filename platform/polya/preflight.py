@@ -10,9 +10,9 @@ def _storage(uri: str) -> str | None:
 
     if not storage.is_remote(uri):
         return None
-    fs, path = storage.filesystem(uri)
-    bucket = path.split("/", 1)[0]
     try:
+        fs, path = storage.filesystem(uri)
+        bucket = path.split("/", 1)[0]
         if not fs.exists(bucket):
             return (f"storage.uri: bucket {bucket!r} does not exist or these credentials cannot see it "
                     f"(create it, or fix the URI or the stage pods' credentials)")

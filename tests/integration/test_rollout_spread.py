@@ -36,10 +36,14 @@ def test_a_step_keeps_both_replicas_busy(ray_session, tiny_model):
         groups = asyncio.run(generate_spread(handle, prompts, Sampling(max_tokens=4, n=2, seed=7, logprobs=False), 2))
         assert len(groups) == 8 and all(len(g) == 2 for g in groups)
         # in order: each group answers its own prompt
-        assert [g[0]["prompt_tokens"] for g in groups] == [len(g[0]["prompt_token_ids"]) for g in groups]
-        # the step went out as 4 concurrent calls of 2 prompts, which the rollout app's round-robin router
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(str(tiny_model))
+        assert [g[0]["prompt_token_ids"] for g in groups] == [tok(p, add_special_tokens=False)["input_ids"]
+                                                              for p in prompts]
+        # the step went out as 2 concurrent calls of 4 prompts, which the rollout app's round-robin router
         # deals out in turn: 4 prompts each — one call would have left one replica idle
-        assert len(replica_shares(8, 2)) == 4
+        assert replica_shares(8, 2) == [(0, 4), (4, 8)]
         seen = replicas_seen()
         assert sorted(seen.values()) == [4, 4], seen
     finally:

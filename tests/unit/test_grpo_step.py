@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from polya.rl.rollout_batch import pack, response_logits
+from polya.rl.rollout_batch import pack, response_logits, response_logprobs
 from polya.spec import GRPOSpec
 
 # two groups of two completions, unequal lengths (the case where the aggregations differ)
@@ -72,6 +72,9 @@ def test_learner_logprobs_at_the_rollout_temperature(tiny_model):
     want = torch.log_softmax(logits / 0.5, -1).gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
     at_one = torch.log_softmax(logits, -1).gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
     m = batch.mask.bool()
+    _, ent = response_logprobs(model, batch, want_entropy=True, temperature=0.5)
+    probs = torch.softmax(logits / 0.5, -1)
+    assert torch.allclose(ent, -(probs * torch.log(probs)).sum(-1), atol=1e-4)  # the entropy at T as well
     for got in (olds[0], refs[0]):
         assert torch.allclose(got[m], want[m], atol=1e-5)
         assert not torch.allclose(got[m], at_one[m], atol=1e-3)  # T = 1 is a different policy here
@@ -150,14 +153,31 @@ def test_learn_normalises_over_the_whole_step_through_deepspeed(tiny_model, dist
 
 
 def test_a_step_is_split_over_every_replica():
-    from polya.stages.grpo import CALLS_PER_REPLICA, replica_shares
+    from polya.stages.grpo import replica_shares
 
     assert replica_shares(64, 1) == [(0, 64)]
-    for prompts, replicas in ((64, 2), (5, 2), (7, 3), (3, 8)):
+    assert replica_shares(64, 2) == [(0, 32), (32, 64)]
+    assert replica_shares(5, 2) == [(0, 3), (3, 5)]
+    assert replica_shares(3, 8) == [(0, 1), (1, 2), (2, 3)]  # more replicas than prompts: one prompt each
+    for prompts, replicas in ((64, 4), (7, 3), (9, 8)):
         shares = replica_shares(prompts, replicas)
-        assert shares[0][0] == 0 and shares[-1][1] == prompts
+        assert shares[0][0] == 0 and shares[-1][1] == prompts and len(shares) == min(prompts, replicas)
         assert all(a[1] == b[0] for a, b in zip(shares, shares[1:]))  # consecutive, no gaps or overlaps
-        assert len(shares) == min(prompts, replicas * CALLS_PER_REPLICA) >= min(prompts, replicas)
         sizes = [b - a for a, b in shares]
         assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
-    assert replica_shares(64, 2) == [(0, 16), (16, 32), (32, 48), (48, 64)]
+
+
+def test_a_short_shard_is_filled_with_copies_that_count_nowhere():
+    """5 completions over 2 ranks (3 each): rank 1 runs 2 real completions and 1 masked copy; the step's
+    counts are those of the 5 real completions (a copy counted twice would skew the gradient)."""
+    from polya.stages.grpo import per_rank_share, shard, step_counts
+
+    g = GRPOSpec(promptsPerStep=1, groupSize=5)
+    seqs = [{"prompt_ids": [5, 6], "ids": list(range(10, 10 + n)), "adv": float(n)} for n in (1, 2, 3, 4, 5)]
+    per = per_rank_share(g, 2)
+    assert per == 3
+    r0, r1 = shard(seqs, 0, per, 4, 0), shard(seqs, 1, per, 4, 0)
+    assert [b.real.tolist() for b in r0] == [[1.0, 1.0, 1.0]] and [b.real.tolist() for b in r1] == [[1.0, 1.0, 0.0]]
+    assert r1[0].mask.sum(-1).tolist() == [4, 5, 0]  # the copy runs masked out
+    tokens = [step_counts(r) for r in (r0, r1)]  # one rank each (no process group): summed by hand
+    assert (tokens[0][0] + tokens[1][0], tokens[0][1] + tokens[1][1]) == (1 + 2 + 3 + 4 + 5, 5)

@@ -30,8 +30,9 @@ class RolloutBatch:
     prompt_attention: torch.Tensor  # (U, P) 1 on real prompt tokens
     owner: torch.Tensor  # (B,) the prompt row of every sequence
     response_ids: torch.Tensor  # (B, C) responses, right-padded
-    mask: torch.Tensor  # (B, C) 1 on response tokens
+    mask: torch.Tensor  # (B, C) 1 on response tokens (0 on every token of a padding copy)
     advantages: torch.Tensor  # (B,)
+    real: torch.Tensor  # (B,) 1 for a completion of the step, 0 for a copy that only fills a rank's share
 
     @property
     def response_width(self) -> int:
@@ -70,7 +71,8 @@ def _positions(attention: torch.Tensor) -> torch.Tensor:
 
 
 def pack(seqs: list[dict], pad_id: int) -> RolloutBatch:
-    """``seqs``: dicts with ``prompt_ids``, ``ids`` (the response) and ``adv``."""
+    """``seqs``: dicts with ``prompt_ids``, ``ids`` (the response) and ``adv``; ``filler: True`` marks a copy
+    that only fills a rank's share (`polya.stages.grpo.shard`): it runs, masked out, and counts nowhere."""
     if not seqs:
         raise ValueError("no sequences to pack")
     rows: dict[tuple[int, ...], int] = {}
@@ -88,10 +90,11 @@ def pack(seqs: list[dict], pad_id: int) -> RolloutBatch:
     mask = torch.zeros((len(seqs), c_width), dtype=torch.long)
     for i, s in enumerate(seqs):
         response_ids[i, : len(s["ids"])] = torch.tensor(s["ids"], dtype=torch.long)
-        mask[i, : len(s["ids"])] = 1
+        mask[i, : len(s["ids"])] = 0 if s.get("filler") else 1
     advantages = torch.tensor([float(s["adv"]) for s in seqs], dtype=torch.float)
+    real = torch.tensor([0.0 if s.get("filler") else 1.0 for s in seqs])
     return RolloutBatch(prompt_ids, prompt_attention, torch.tensor(owner, dtype=torch.long), response_ids, mask,
-                        advantages)
+                        advantages, real)
 
 
 def _unwrap(model):

@@ -82,16 +82,11 @@ def _sampling(g: GRPOSpec, rng: random.Random):
                     n=g.groupSize, logprobs=False, seed=rng.randrange(2**31))
 
 
-#: with several rollout replicas, a step's prompts go out in this many calls per replica (Serve routes each
-#: call to the less busy of two replicas, so a few calls per replica even out unequal answer lengths)
-CALLS_PER_REPLICA = 2
-
-
 def replica_shares(prompts: int, replicas: int) -> list[tuple[int, int]]:
-    """(start, stop) of each concurrent rollout call for a step's prompts: one call with one replica, else
-    ``CALLS_PER_REPLICA`` per replica, split as evenly as the prompts allow (consecutive, so results stay
-    in order)."""
-    calls = 1 if replicas <= 1 else max(1, min(prompts, replicas * CALLS_PER_REPLICA))
+    """(start, stop) of each concurrent rollout call for a step's prompts: one call per replica (the rollout
+    app's round-robin router deals them out in turn), split as evenly as the prompts allow, consecutive so
+    results stay in order."""
+    calls = max(1, min(prompts, replicas))
     size, extra = divmod(prompts, calls)
     bounds, start = [], 0
     for i in range(calls):
@@ -172,11 +167,15 @@ def per_rank_share(g: GRPOSpec, world: int) -> int:
 
 def shard(seqs: list[dict], rank: int, per_rank: int, micro: int, pad_id: int) -> list:
     """This rank's packed micro-batches. Contiguous shards keep a group's completions together, so each
-    micro-batch runs a shared prompt once; a short batch is repeated to fill every rank's share."""
+    micro-batch runs a shared prompt once. A short shard is filled to the rank's share with masked copies
+    (``filler``: every rank runs as many micro-batches as DeepSpeed's accumulation expects, and a copy adds
+    nothing to the loss or its normaliser)."""
     from polya.rl.rollout_batch import pack
 
     mine = seqs[rank * per_rank : (rank + 1) * per_rank]
-    mine = (mine * math.ceil(per_rank / max(1, len(mine))))[:per_rank] if mine else seqs[:per_rank]
+    fill = [dict(s, filler=True) for s in (mine or seqs)]
+    while len(mine) < per_rank:
+        mine = mine + fill[: per_rank - len(mine)]
     return [pack(mine[i : i + micro], pad_id) for i in range(0, len(mine), micro)]
 
 
@@ -200,7 +199,7 @@ def step_counts(prepared: list) -> tuple[float, float]:
     (collective) — what `lossAggregation` normalises by."""
     import torch
 
-    local = torch.tensor([sum(float(b.mask.sum()) for b in prepared), sum(b.mask.shape[0] for b in prepared)],
+    local = torch.tensor([sum(float(b.mask.sum()) for b in prepared), sum(float(b.real.sum()) for b in prepared)],
                          dtype=torch.float64)
     if torch.distributed.is_initialized():
         torch.distributed.all_reduce(local)
