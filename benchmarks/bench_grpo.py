@@ -125,8 +125,10 @@ def in_child(args, precision: str, *extra: str) -> dict:
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
-    tail = [line for line in (proc.stderr or "").splitlines() if line.strip()]
-    return {"error": (tail[-1] if tail else f"exit {proc.returncode}")[:300]}
+    # it died without a RESULT line (a crash in a child process): the last error-looking line of its stderr
+    lines = [line.strip() for line in (proc.stderr or "").splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line or "error" in line] or lines
+    return {"error": f"exit {proc.returncode}: " + (errors[-1] if errors else "no output")[:300]}
 
 
 def _child(args) -> None:
@@ -281,7 +283,8 @@ def compare(args, path: str, tmp: Path, precision: str) -> None:
     n = args.prompts * args.group
     print(f"config: {args.model}, {args.prompts} prompts x {args.group} completions, max_tokens {args.max_tokens}, "
           f"{args.steps} steps (first excluded), lr {args.lr}, no KL, token-level loss, {precision} on both; "
-          f"time = wall clock from one step's end to the next", flush=True)
+          f"time = wall clock from one step's end to the next; learner batches: Polya 4 micro-batches of 4 (one group "
+          f"each, its prompt run once), TRL one batch of {n}", flush=True)
     polya_rows = polya_grpo(args.model, args.steps, args.prompts, args.group, args.max_tokens, args.lr, tmp / "polya",
                             precision)
     p_s = per_step([r["t_end"] for r in polya_rows])
@@ -294,11 +297,18 @@ def compare(args, path: str, tmp: Path, precision: str) -> None:
     if "error" in parts:
         print(f"parts alone: failed: {parts['error']}")
     else:
-        gen = [r["response_len"] * n / parts["tokens_per_s"] for r in polya_rows[1:]]  # this step's tokens, offline
-        alone = [a + parts["learner_s"] for a in gen]
+        # each of Polya's steps: its completion tokens at the offline engine's speed, plus the learner's step
+        # alone scaled to its completion length (the learner ran the offline run's own completions, whose
+        # mean length differs; its cost grows with the completion tokens on top of a shared prompt)
+        gen = [r["response_len"] * n / parts["tokens_per_s"] for r in polya_rows[1:]]
+        learn_s = [parts["learner_s"] * r["response_len"] / parts["learner_tokens"] for r in polya_rows[1:]]
+        alone = [a + b for a, b in zip(gen, learn_s)]
         ratio = [s / a for s, a in zip(p_s, alone)]
         print(f"{'polya parts alone':<22} s/step {_avg(alone):7.2f}   (generation at vLLM offline's "
-              f"{parts['tokens_per_s']:.0f} tok/s: {_avg(gen):.1f} s + learner step alone {parts['learner_s']:.1f} s; "
+              f"{parts['tokens_per_s']:.0f} tok/s: {_avg(gen):.1f} s + learner step alone {_avg(learn_s):.1f} s "
+              f"[{parts['learner_s']:.1f} s at {parts['learner_tokens']:.0f} tokens/completion]; in-stage "
+              f"{_avg([r['t_rollout'] for r in polya_rows[1:]]):.1f} + "
+              f"{_avg([r['t_reference'] + r['t_learn'] for r in polya_rows[1:]]):.1f} s; "
               f"in-stage / parts = {_avg(ratio):.2f}x, target <= 1.15x)", flush=True)
     best = None
     for variant in args.trl:
