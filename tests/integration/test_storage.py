@@ -97,7 +97,8 @@ def test_missing_model_or_bucket_is_one_line_naming_the_field(s3_env, tmp_path):
         res = polya_cli(["run", str(spec)], env, tmp_path, timeout=300)
         ours = [line for line in res.stderr.splitlines() if line.startswith("polya: ")]
         assert res.returncode == 1 and "Traceback" not in res.stderr + res.stdout, res.stderr[-2000:]
-        assert len(ours) == 1 and ours[0].startswith(f"polya: {message}"), res.stderr[-2000:]
+        # one line: the file, the field path and the reason
+        assert len(ours) == 1 and ours[0].startswith(f"polya: {spec}: spec.{message}"), res.stderr[-2000:]
 
 
 def run_on_cluster(cluster: RayCluster, spec: dict, args: list[str], env: dict[str, str] | None = None
