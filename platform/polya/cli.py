@@ -123,6 +123,30 @@ def local_tokenizer(model: "ModelSpec") -> FastTokenizer | None:
 _LONGEST = 8
 
 
+def _readable_tokenizer(model: "ModelSpec") -> tuple[FastTokenizer | None, list[str]]:
+    """`local_tokenizer`, or None and a warning where its files cannot be read (nothing is measured then)."""
+    try:
+        return local_tokenizer(model), []
+    except Exception as exc:  # noqa: BLE001 - an unreadable tokenizer.json: say so, measure nothing
+        return None, [f"spec.model.name: the model's tokenizer could not be read ({type(exc).__name__}: "
+                      f"{' '.join(str(exc).split())[:200]}); prompts were not measured"]
+
+
+def _longest_prompt(tok, questions: list, heads: list, few_shot: bool) -> tuple[int, str, object]:
+    """(tokens, question id, heuristic) of the longest prompt the stage would render, among the
+    `_LONGEST` longest questions."""
+    from polya.heuristics import render_prompt
+
+    lengths = tok.count([q.question for q in questions])
+    best = (0, "", None)
+    for j in sorted(range(len(questions)), key=lambda j: -lengths[j])[:_LONGEST]:
+        for h in heads:
+            n = tok.count([render_prompt(tok, questions[j].question, h, few_shot=few_shot)])[0]
+            if n > best[0]:
+                best = (n, questions[j].id, h)
+    return best
+
+
 def prompt_warnings(run: "PolyaRun") -> list[str]:
     """`polya validate`'s warnings: local question files that cannot be loaded (missing, unreadable, no usable
     question: the run would fail there), and each stage whose longest prompt, from a local question file or
@@ -130,7 +154,7 @@ def prompt_warnings(run: "PolyaRun") -> list[str]:
     tokenizer), would not fit beside its maxTokens in model.maxModelLen. Prompts are measured only where the
     model's tokenizer is on this machine (a prepared built-in model, a local folder): nothing is downloaded."""
     from polya.data import load_questions
-    from polya.heuristics import render_prompt, select
+    from polya.heuristics import select
     from polya.models import ModelNotAvailable
     from polya.recipe import Arm
     from polya.spec import uri_scheme
@@ -138,14 +162,7 @@ def prompt_warnings(run: "PolyaRun") -> list[str]:
     from polya.validation import UserError
 
     spec = run.spec
-    try:
-        tok = local_tokenizer(spec.model)
-    except Exception as exc:  # noqa: BLE001 - an unreadable tokenizer.json: say so, measure nothing
-        tok = None
-        bad_tokenizer = [f"spec.model.name: the model's tokenizer could not be read ({type(exc).__name__}: "
-                         f"{' '.join(str(exc).split())[:200]}); prompts were not measured"]
-    else:
-        bad_tokenizer = []
+    tok, bad_tokenizer = _readable_tokenizer(spec.model)
     heuristics = list(select(spec.heuristics.count, spec.heuristics.names))
     checks: list[tuple[str, str, str, "QuestionSourceSpec", list, int]] = [
         ("selfGeneration", "dataset", "dataset", spec.dataset,  # STaR generates without a heuristic
@@ -170,14 +187,7 @@ def prompt_warnings(run: "PolyaRun") -> list[str]:
         if not questions or tok is None:
             continue
         try:
-            lengths = tok.count([q.question for q in questions])
-            longest = sorted(range(len(questions)), key=lambda j: -lengths[j])[:_LONGEST]
-            best = (0, "", None)
-            for j in longest:
-                for h in heads:
-                    n = tok.count([render_prompt(tok, questions[j].question, h, few_shot=spec.heuristics.fewShot)])[0]
-                    if n > best[0]:
-                        best = (n, questions[j].id, h)
+            best = _longest_prompt(tok, questions, heads, spec.heuristics.fewShot)
         except Exception as exc:  # noqa: BLE001 - a broken tokenizer or chat template: a warning, not a crash
             warnings.append(f"spec.model.name: prompts of the {label} could not be measured with the model's "
                             f"tokenizer ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); the engines "
