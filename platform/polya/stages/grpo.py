@@ -24,6 +24,7 @@ and replicas get the starting model as a reference (the run's model or the mid-t
 """
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import threading
@@ -173,9 +174,8 @@ def shard(seqs: list[dict], rank: int, per_rank: int, micro: int, pad_id: int) -
     from polya.rl.rollout_batch import pack
 
     mine = seqs[rank * per_rank : (rank + 1) * per_rank]
-    fill = [dict(s, filler=True) for s in (mine or seqs)]
-    while len(mine) < per_rank:
-        mine = mine + fill[: per_rank - len(mine)]
+    copies = itertools.cycle(mine or seqs)
+    mine += [dict(next(copies), filler=True) for _ in range(per_rank - len(mine))]
     return [pack(mine[i : i + micro], pad_id) for i in range(0, len(mine), micro)]
 
 
