@@ -2,9 +2,15 @@
 
 Same model, same prompts (arithmetic questions rendered with the Pólya catalogue and the chat
 template), same sampling (fixed-length completions), same engine settings, measured in the same run.
-Prints tokens/s of each and the ratio serve / offline (target >= 0.95). Each side is the best of
-``--repeats`` runs after a warm-up pass over all the prompts (the first pass through a fresh engine, on
-either side, was 20-40% slower than the next: oneDNN builds its kernels for each new batch shape).
+Prints tokens/s of each and the ratio serve / offline (target >= 0.95). Each side is the best of its
+passes: ``--rounds`` rounds, each starting the Serve path (Ray, Serve, the replica) and then the offline
+engine afresh, ``--repeats`` timed passes each after a warm-up pass over all the prompts (the first pass
+through a fresh engine, on either side, was 20-40% slower than the next: oneDNN builds its kernels for each
+new batch shape). Alternating rounds because this 2-core machine's speed drifts by 10-20% over minutes
+(offline alone: 357 to 497 tokens/s in one hour); one round per side let that drift decide the ratio.
+
+The Serve path includes Ray's control plane, as `polya run` has it: Polya's local Ray settings
+(`polya.serve.launch.LOCAL_RAY_ENV`, no dashboard) apply here too.
 
     .venv/bin/python benchmarks/bench_generation.py [--model builtin:smollm2-135m-instruct] [--prompts 64]
 """
@@ -30,7 +36,7 @@ def build_prompts(model_path: str, n: int) -> list[str]:
     return [render_prompt(tok, q.question, CATALOGUE[i % 16]) for i, q in enumerate(qs)]
 
 
-def offline(model_path: str, prompts: list[str], max_tokens: int, repeats: int, dtype: str) -> float:
+def offline(model_path: str, prompts: list[str], max_tokens: int, repeats: int, dtype: str) -> list[float]:
     from vllm import LLM, SamplingParams
 
     from polya.hardware import usable_cpus, vllm_cpu_reserved_cores
@@ -48,11 +54,14 @@ def offline(model_path: str, prompts: list[str], max_tokens: int, repeats: int, 
         outs = llm.generate(prompts, params, use_tqdm=False)
         runs.append(sum(len(o.outputs[0].token_ids) for o in outs) / (time.perf_counter() - t0))
     del llm
+    import gc
+
+    gc.collect()  # the engine's processes stop with the LLM object, before the next round starts one
     print(f"offline runs: {', '.join(f'{x:.1f}' for x in runs)} tokens/s", flush=True)
-    return max(runs)
+    return runs
 
 
-def through_serve(model_path: str, prompts: list[str], max_tokens: int, repeats: int, dtype: str) -> float:
+def through_serve(model_path: str, prompts: list[str], max_tokens: int, repeats: int, dtype: str) -> list[float]:
     import ray
     from ray import serve
 
@@ -73,7 +82,7 @@ def through_serve(model_path: str, prompts: list[str], max_tokens: int, repeats:
     serve.shutdown()
     ray.shutdown()
     print(f"serve runs: {', '.join(f'{x:.1f}' for x in runs)} tokens/s", flush=True)
-    return max(runs)
+    return runs
 
 
 def main() -> None:
@@ -81,7 +90,8 @@ def main() -> None:
     ap.add_argument("--model", default="builtin:smollm2-135m-instruct")
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="timed passes per side and round")
+    ap.add_argument("--rounds", type=int, default=2, help="serve-then-offline rounds, each engine started afresh")
     ap.add_argument("--dtype", default="auto", help="auto: bfloat16 where this machine computes it natively")
     args = ap.parse_args()
     from polya.models import resolve
@@ -91,9 +101,17 @@ def main() -> None:
     from polya.hardware import resolve_dtype
 
     dtype = resolve_dtype(args.dtype)  # vLLM's own "auto" would mean the checkpoint's dtype
-    serve_tps = through_serve(path, prompts, args.max_tokens, args.repeats, dtype)
-    offline_tps = offline(path, prompts, args.max_tokens, args.repeats, dtype)
-    print(f"model={args.model} prompts={len(prompts)} max_tokens={args.max_tokens} (fixed length)")
+    serve_runs, offline_runs = [], []
+    for r in range(args.rounds):
+        s_runs = through_serve(path, prompts, args.max_tokens, args.repeats, dtype)
+        o_runs = offline(path, prompts, args.max_tokens, args.repeats, dtype)
+        print(f"round {r + 1}: serve {max(s_runs):.1f}, offline {max(o_runs):.1f} tokens/s "
+              f"(ratio {max(s_runs) / max(o_runs):.3f})", flush=True)
+        serve_runs += s_runs
+        offline_runs += o_runs
+    serve_tps, offline_tps = max(serve_runs), max(offline_runs)
+    print(f"model={args.model} prompts={len(prompts)} max_tokens={args.max_tokens} (fixed length), best of "
+          f"{args.rounds} rounds x {args.repeats} passes per side")
     print(f"serve path (Ray Serve handle -> AsyncLLM): {serve_tps:8.1f} tokens/s")
     print(f"baseline vLLM offline LLM.generate:        {offline_tps:8.1f} tokens/s")
     print(f"ratio serve/offline = {serve_tps / offline_tps:.3f}  (target >= 0.95)")
