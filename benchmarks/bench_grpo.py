@@ -33,7 +33,7 @@ FORMAT_REWARD = 0.1
 
 
 def polya_grpo(model: str, steps: int, prompts: int, group: int, max_tokens: int, lr: float, root: Path,
-               precision: str) -> list[dict]:
+               precision: str, micro: int = 4) -> list[dict]:
     from polya.artifacts import ArtifactStore
     from polya.spec import PolyaRun
     from polya.stages import grpo
@@ -46,7 +46,7 @@ def polya_grpo(model: str, steps: int, prompts: int, group: int, max_tokens: int
                  "dataset": {"source": "builtin:arithmetic", "limit": 256},
                  "storage": {"uri": str(root)}, "heuristics": {"count": 1, "fewShot": True},
                  "grpo": {"steps": steps, "promptsPerStep": prompts, "groupSize": group, "learningRate": lr,
-                          "klCoef": 0.0, "workers": 1, "zeroStage": 0, "precision": precision, "microBatchSize": 4,
+                          "klCoef": 0.0, "workers": 1, "zeroStage": 0, "precision": precision, "microBatchSize": micro,
                           "formatReward": FORMAT_REWARD, "checkpointEvery": 10**6,
                           "rollout": {"maxTokens": max_tokens, "temperature": 1.0}},
                  "evaluation": {"samples": 1, "k": [1], "benchmarks": [{"name": "a", "source": "builtin:arithmetic"}]}},
@@ -120,6 +120,7 @@ def in_child(args, precision: str, *extra: str) -> dict:
 
     cmd = [sys.executable, __file__, "--steps", str(args.steps), "--prompts", str(args.prompts), "--group",
            str(args.group), "--max-tokens", str(args.max_tokens), "--lr", str(args.lr), "--precision", precision,
+           "--micro-batch", str(args.micro_batch),
            "--model", args.model, *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     for line in proc.stdout.splitlines():
@@ -142,7 +143,8 @@ def _child(args) -> None:
         print("RESULT " + json.dumps({"error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]}), flush=True)
 
 
-def parts_alone(model: str, prompts: int, group: int, max_tokens: int, precision: str, repeats: int = 3) -> dict:
+def parts_alone(model: str, prompts: int, group: int, max_tokens: int, precision: str, micro: int = 4,
+                repeats: int = 3) -> dict:
     """A Polya step's two parts, each alone in this process with nothing else running: the step's
     generation on vLLM's offline ``LLM.generate`` (the same engine settings and prompts as the stage's
     rollout replica, ``n = group``) and the learner's step (`reference_logprobs` + `learn`, the stage's own
@@ -200,12 +202,12 @@ def parts_alone(model: str, prompts: int, group: int, max_tokens: int, precision
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     dist.init_process_group("gloo", rank=0, world_size=1)
     use_learner_threads(1)  # as the stage's learner worker does
-    g = GRPOSpec(mu=1, klCoef=0.0, microBatchSize=4, learningRate=2e-6, precision=precision, zeroStage=0,
+    g = GRPOSpec(mu=1, klCoef=0.0, microBatchSize=micro, learningRate=2e-6, precision=precision, zeroStage=0,
                  rollout={"temperature": 1.0, "maxTokens": max_tokens}, promptsPerStep=prompts, groupSize=group)
     net = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
     prepared = shard(seqs, 0, len(seqs), g.microBatchSize, tok.pad_token_id or tok.eos_token_id)
     cfg = deepspeed_config(0, precision, g.microBatchSize, max(1, math.ceil(len(seqs) / g.microBatchSize)), g.maxGradNorm)
-    engine, *_ = deepspeed.initialize(model=net, optimizer=torch.optim.AdamW(net.parameters(), lr=g.learningRate),
+    engine, *_ = deepspeed.initialize(model=net, optimizer=torch.optim.AdamW(net.parameters(), lr=g.learningRate, fused=True),
                                       config=cfg)
     learner = SimpleNamespace(engine=engine, world=1)
     learner_s = []
@@ -237,6 +239,7 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--lr", type=float, default=2e-6)
+    ap.add_argument("--micro-batch", type=int, default=4, help="Polya's grpo.microBatchSize")
     ap.add_argument("--long-lr", type=float, default=1e-5)
     ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                     help="both sides use it (rollout dtype too); auto: bf16 where this CPU computes it natively")
@@ -250,7 +253,8 @@ def main() -> None:
         _child(args)
         return
     if args.parts:
-        print("RESULT " + json.dumps(parts_alone(args.model, args.prompts, args.group, args.max_tokens, args.precision)),
+        print("RESULT " + json.dumps(parts_alone(args.model, args.prompts, args.group, args.max_tokens, args.precision,
+                                                     args.micro_batch)),
               flush=True)
         return
     from polya.hardware import resolve_precision
