@@ -5,7 +5,8 @@
 * the loss is normalised over the whole step — every completion of every micro-batch — whatever the
   micro-batch size (``token``: completion tokens, ``sequence``: completions, ``constant``: Dr. GRPO's
   completions × maxTokens), checked through a real DeepSpeed engine with gradient accumulation: the
-  update equals the gradient of the step's loss computed in one piece by autograd;
+  update equals the gradient of the step's loss computed in one piece by autograd — on one rank, and on
+  two ranks, where DeepSpeed averages the ranks' gradients and `learn` scales each backward by the world;
 * a step's prompts go out in concurrent calls that cover every replica.
 
 Each fails on the code before these fixes (logprobs at T = 1, a per-micro-batch normaliser, one call).
@@ -29,6 +30,7 @@ SEQS = [
     {"prompt_ids": [20, 21], "ids": [22, 23], "adv": 0.5},
     {"prompt_ids": [20, 21], "ids": [24, 25, 26], "adv": -0.5},
 ]
+TEMPERATURE = 0.7  # the rollout temperature of the learn tests
 
 
 def _model(tiny_model):
@@ -113,6 +115,48 @@ def dist_world_of_one():
             os.environ[k] = v
 
 
+def _whole_step(reference, mode: str):
+    """(the step's loss over all of SEQS in one piece, by autograd, and its gradient per parameter)."""
+    from polya.rl.grpo import aggregate, token_logprobs
+
+    whole = pack(SEQS, pad_id=0)
+    lp = token_logprobs(response_logits(reference, whole), whole.response_ids, temperature=TEMPERATURE)
+    per_token = -torch.exp(lp - lp.detach()) * whole.advantages.unsqueeze(-1)
+    loss = aggregate(per_token, whole.mask, mode, **({"max_tokens": 8} if mode == "constant" else {}))
+    loss.backward()
+    return loss, {n: p.grad for n, p in reference.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("mode", ["token", "sequence"])
+def test_learn_over_two_ranks_is_the_gradient_of_the_whole_step(tiny_model, tmp_path, mode):
+    """Two real learner processes (gloo, DeepSpeed, SGD lr 1), each with two of the step's four completions:
+    both ranks' parameters move by exactly minus the gradient of the whole step's loss, and the logged loss
+    is the whole step's. Without the ×world scaling of each backward (DeepSpeed averages gradients over
+    ranks) the update is half of it; with a per-rank normaliser, the token loss is another figure."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here), os.environ.get("PYTHONPATH", "")])}
+    procs = [subprocess.Popen([sys.executable, str(here / "grpo_two_ranks.py"), str(rank), str(port), str(tiny_model),
+                               mode, str(tmp_path / f"rank{rank}.pt")], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
+    reference = _model(tiny_model)
+    before = {n: p.detach().clone() for n, p in reference.named_parameters()}
+    loss, grads = _whole_step(reference, mode)
+    for rank in (0, 1):
+        saved = torch.load(tmp_path / f"rank{rank}.pt")
+        moved = {n: before[n] - saved["params"][n] for n in grads}
+        assert all(torch.allclose(moved[n], grads[n], atol=1e-5, rtol=1e-4) for n in grads), f"rank {rank}"
+        assert saved["figures"]["loss"] == pytest.approx(loss.item(), abs=1e-6)
+    assert max(float(v.abs().max()) for v in grads.values()) > 1e-4
+
+
 @pytest.mark.parametrize("mode", ["token", "sequence", "constant"])
 def test_learn_normalises_over_the_whole_step_through_deepspeed(tiny_model, dist_world_of_one, mode):
     """`learn` on a real DeepSpeed engine (SGD, lr 1, no clipping, micro-batch 1 → 4 accumulation steps):
@@ -121,10 +165,10 @@ def test_learn_normalises_over_the_whole_step_through_deepspeed(tiny_model, dist
     import deepspeed
 
     from polya.rl.deepspeed_config import deepspeed_config
-    from polya.rl.grpo import aggregate, token_logprobs
     from polya.stages.grpo import learn
 
-    g = GRPOSpec(mu=1, klCoef=0.0, microBatchSize=1, lossAggregation=mode, rollout={"temperature": 0.7, "maxTokens": 8})
+    g = GRPOSpec(mu=1, klCoef=0.0, microBatchSize=1, lossAggregation=mode,
+                 rollout={"temperature": TEMPERATURE, "maxTokens": 8})
     model = _model(tiny_model)
     reference = copy.deepcopy(model)
     prepared = [pack([s], pad_id=0) for s in SEQS]  # four micro-batches of one completion
@@ -134,13 +178,8 @@ def test_learn_normalises_over_the_whole_step_through_deepspeed(tiny_model, dist
     figures = learn(SimpleNamespace(engine=engine, world=1), g, prepared, [None] * 4, [None] * 4)
 
     # the step's loss in one piece: on-policy, so loss = aggregate(-A * exp(lp - lp.detach())) = -A·lp terms
-    whole = pack(SEQS, pad_id=0)
-    lp = token_logprobs(response_logits(reference, whole), whole.response_ids, temperature=0.7)
-    per_token = -torch.exp(lp - lp.detach()) * whole.advantages.unsqueeze(-1)
-    loss = aggregate(per_token, whole.mask, mode, **({"max_tokens": 8} if mode == "constant" else {}))
-    loss.backward()
+    loss, grads = _whole_step(reference, mode)
     moved = {n: before[n] - p.detach() for n, p in engine.module.named_parameters()}
-    grads = {n: p.grad for n, p in reference.named_parameters() if p.grad is not None}
     assert grads and all(torch.allclose(moved[n], grads[n], atol=1e-5, rtol=1e-4) for n in grads)
     assert figures[0].item() == pytest.approx(loss.item(), abs=1e-6)  # the step's loss, as logged
     # hand-computed normalisers of these 4 completions (lengths 4, 1, 2, 3): the loss is -Σ A·ratio / N
