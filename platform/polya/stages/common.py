@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
 from polya.artifacts import Artifact, ArtifactStore
@@ -95,6 +95,13 @@ def rollout_service(ctx: StageContext, cfg: EngineConfig, block: EngineSpec, nam
             serve.delete(name)
 
 
+def seeded_from(sampling: Sampling, start: int) -> Sampling:
+    """``sampling`` for a call whose first prompt is prompt ``start`` of a larger batch. Engines seed prompt
+    ``i`` of a call with ``seed + i``; offsetting each call's seed by its start gives every prompt of the
+    batch its own seed, the same one however the batch is split into calls."""
+    return sampling if sampling.seed is None else replace(sampling, seed=sampling.seed + start)
+
+
 async def generate_all(handle, prompts: list[str], sampling: Sampling, *, chunk: int = 16, concurrency: int = 4,
                        desc: str = "generate", progress: bool = False) -> tuple[list[list[dict]], float]:
     """All completions for ``prompts`` (in order) through the rollout handle, and the wall time."""
@@ -109,7 +116,7 @@ async def generate_all(handle, prompts: list[str], sampling: Sampling, *, chunk:
     async def one(start: int) -> None:
         async with sem:
             part = prompts[start : start + chunk]
-            out = await call_with_retry(handle.generate, part, sampling)
+            out = await call_with_retry(handle.generate, part, seeded_from(sampling, start))
             results[start : start + len(part)] = out
             bar.update(len(part))
 

@@ -36,7 +36,7 @@ from typing import Any
 from polya.recipe import MODEL_SLOT
 from polya.rl.learner import Learner, LearnerJob, fit
 from polya.spec import DatasetSpec, GRPOSpec
-from polya.stages.common import StageContext, StageResult, log, rollout_service
+from polya.stages.common import StageContext, StageResult, log, rollout_service, seeded_from
 
 #: dynamic sampling replaces zero-signal groups in at most this many extra rounds
 RESAMPLE_ROUNDS = 3
@@ -100,13 +100,12 @@ def replica_shares(prompts: int, replicas: int) -> list[tuple[int, int]]:
 async def generate_spread(handle, prompts: list[str], sampling, replicas: int) -> list[list[dict]]:
     """Every prompt's completions, the calls of `replica_shares` in flight at once so that every replica
     works (one call would keep all of a step on one replica); each call's request seeds are offset by its
-    start, so no two prompts share a seed."""
+    start (`seeded_from`), so no two prompts share a seed."""
     import asyncio
 
     from polya.serve.launch import call_with_retry
 
-    calls = [call_with_retry(handle.generate, prompts[a:b],
-                             sampling if sampling.seed is None else replace(sampling, seed=sampling.seed + a))
+    calls = [call_with_retry(handle.generate, prompts[a:b], seeded_from(sampling, a))
              for a, b in replica_shares(len(prompts), replicas)]
     return [group for part in await asyncio.gather(*calls) for group in part]
 
