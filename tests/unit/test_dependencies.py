@@ -16,7 +16,9 @@ import pytest
 from conftest import REPO
 
 PACKAGE, OPERATOR = REPO / "platform" / "polya", REPO / "operators" / "polya_operator"
-OWN = {"polya", "polya_operator", "conftest", "kube", "cluster", "kuberay_standin", "prometheus", "bench_grpo", "__future__"}
+#: the project's own modules: its packages, and every module of the test tree (helpers, a rank's worker
+#: script importing its test module's fixtures) and the benchmarks the tests import
+OWN = {"polya", "polya_operator", "bench_grpo", "__future__"} | {p.stem for p in (REPO / "tests").rglob("*.py")}
 #: modules one role gets from another distribution than the one installed here (the CPU build)
 PROVIDED_BY = {"gpu": {"vllm": "vllm"}}
 
