@@ -193,6 +193,7 @@ def parts_alone(model: str, prompts: int, group: int, max_tokens: int, precision
     from transformers import AutoModelForCausalLM
 
     from polya.rl.deepspeed_config import deepspeed_config
+    from polya.rl.learner import adamw
     from polya.spec import GRPOSpec
     from polya.stages.grpo import learn, reference_logprobs, shard
 
@@ -207,7 +208,7 @@ def parts_alone(model: str, prompts: int, group: int, max_tokens: int, precision
     net = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
     prepared = shard(seqs, 0, len(seqs), g.microBatchSize, tok.pad_token_id or tok.eos_token_id)
     cfg = deepspeed_config(0, precision, g.microBatchSize, max(1, math.ceil(len(seqs) / g.microBatchSize)), g.maxGradNorm)
-    engine, *_ = deepspeed.initialize(model=net, optimizer=torch.optim.AdamW(net.parameters(), lr=g.learningRate, fused=True),
+    engine, *_ = deepspeed.initialize(model=net, optimizer=adamw(net.parameters(), g.learningRate, 0.01),
                                       config=cfg)
     learner = SimpleNamespace(engine=engine, world=1)
     learner_s = []

@@ -28,6 +28,15 @@ CKPT_TAG = "ds"
 RESUMES_FILE = "resumes.json"  # in a learner's artifact: every resume of its training (`Learner.resumes`)
 
 
+def adamw(params, lr: float, weight_decay: float):
+    """The learners' optimizer. Fused: one kernel over all parameters (transformers' default,
+    "adamw_torch_fused", so TRL's too): 0.07 instead of 0.37 s per step over SmolLM2's 135M fp32 parameters on
+    2 CPU cores (foreach)."""
+    import torch
+
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+
+
 @dataclass(frozen=True)
 class LearnerJob:
     """Where a learner reads and writes (the same for SFT and GRPO); crosses into Ray Train typed."""
@@ -153,9 +162,7 @@ class Learner:
         s = self.section
         model = self.load_model()
         warmup = int(s.warmupRatio * total_steps)
-        # fused: one kernel over all parameters (transformers' default, "adamw_torch_fused", so TRL's too):
-        # 0.07 instead of 0.37 s per step over SmolLM2's 135M fp32 parameters on 2 CPU cores (foreach)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=s.learningRate, weight_decay=s.weightDecay, fused=True)
+        optimizer = adamw(model.parameters(), s.learningRate, s.weightDecay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: warmup_cosine(step, total_steps, warmup, min_lr_ratio))
         ds = deepspeed_config(s.zeroStage, self.precision, micro, grad_accum, s.maxGradNorm, s.offloadOptimizer)
