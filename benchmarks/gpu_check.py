@@ -2,7 +2,7 @@
 
     python3 benchmarks/gpu_check.py [--shape llama-3b] [--repeats 5]    # PYTHONPATH=platform
 
-Needs torch with CUDA (and, for part 3, DeepSpeed); no Ray, no vLLM. Four parts, each printing one result
+Needs torch with CUDA (and, for part 3, DeepSpeed); no Ray, no vLLM. Five parts, each printing one result
 line, a failure in one never stopping the next:
 
 1. ``nccl-one-gpu``: the learner and a receiver on the same GPU try the NCCL broadcast of
@@ -18,6 +18,8 @@ line, a failure in one never stopping the next:
    gathered weights synced to a receiver process by IPC: loss finite, weights moved, receiver equal.
 4. ``shared-prompt``: the learner's logprob pass with and without shared prompts on the GPU (8 groups of
    8, 256-token prompts, 128-token answers, forward + backward), and the ratio.
+5. ``packed``: the packed (padding-free) pass against the padded shared-prompt one (``--packed`` shapes),
+   and which of the two `polya.rl.packed.cheaper` picks there.
 """
 from __future__ import annotations
 
@@ -295,11 +297,48 @@ def part_shared_prompt(shape: str = "smollm2-135m", groups: int = 8, group: int 
             f"ratio full/shared = {f / s:.2f}x; max |logp diff| {diff:.3f} (bf16)")
 
 
+def part_packed(shape: str = "smollm2-135m", groups: int = 4, group: int = 4, prompt: int = 192,
+                answer: int = 128) -> str:
+    """The packed learner pass (`polya.rl.packed`: no padding, a dense block-causal mask) against the padded
+    shared-prompt one on the GPU, forward + backward, and which one `packed.cheaper` picks."""
+    from polya.rl import packed
+    from polya.rl.grpo import token_logprobs
+    from polya.rl.rollout_batch import pack, response_logits
+
+    model = _tiny_llama(shape).to(torch.bfloat16).cuda().train()
+    b = pack(_groups(groups, group, prompt, answer, SHAPES[shape][3]), 0).to("cuda")
+    runs = {"packed": lambda: packed.response_logprobs(model, b, False, 1.0)[0],
+            "padded": lambda: token_logprobs(response_logits(model, b), b.response_ids)}
+
+    def step(name) -> tuple[float, torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        t0 = time.perf_counter()
+        lp = runs[name]()
+        (lp * b.mask).sum().backward()
+        return _sync(t0), lp.detach()
+
+    for _ in range(2):
+        step("packed"), step("padded")
+    times = {"packed": [], "padded": []}
+    for _ in range(5):
+        for name in times:
+            times[name].append(step(name)[0])
+    m = b.mask.bool()
+    diff = (step("packed")[1] - step("padded")[1]).abs()[m].max().item()
+    pk, pd = sorted(times["packed"])[2], sorted(times["padded"])[2]
+    return (f"{shape}, {groups} groups x {group}, prompts <= {prompt}, answers {answer // 2}..{answer}, bf16 fwd+bwd: "
+            f"packed {pk * 1e3:.1f} ms, padded {pd * 1e3:.1f} ms, padded/packed = {pd / pk:.2f}x; "
+            f"cheaper() picks {'packed' if packed.cheaper(model.config, b) else 'padded'}; "
+            f"max |logp diff| {diff:.3f} (bf16)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="llama-3b", choices=list(SHAPES))
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--parts", default="nccl-one-gpu,ipc-sync,learner-bf16,shared-prompt")
+    ap.add_argument("--parts", default="nccl-one-gpu,ipc-sync,learner-bf16,shared-prompt,packed")
+    ap.add_argument("--packed", default="smollm2-135m:4:4:192:128",
+                    help="shape:groups:group:prompt:answer for the packed part, ';'-separated for several")
     ap.add_argument("--shared-prompt", default="smollm2-135m:8:8:256:128",
                     help="shape:groups:group:prompt:answer for the shared-prompt part, ';'-separated for several")
     args = ap.parse_args()
@@ -310,7 +349,9 @@ def main() -> None:
     parts = {"nccl-one-gpu": part_nccl_one_gpu, "ipc-sync": lambda: part_ipc_sync(args.shape, args.repeats),
              "learner-bf16": part_learner_bf16,
              "shared-prompt": lambda: " || ".join(
-                 part_shared_prompt(c.split(":")[0], *map(int, c.split(":")[1:])) for c in args.shared_prompt.split(";"))}
+                 part_shared_prompt(c.split(":")[0], *map(int, c.split(":")[1:])) for c in args.shared_prompt.split(";")),
+             "packed": lambda: " || ".join(
+                 part_packed(c.split(":")[0], *map(int, c.split(":")[1:])) for c in args.packed.split(";"))}
     for name in args.parts.split(","):
         t0 = time.perf_counter()
         try:

@@ -76,7 +76,7 @@ def test_learner_logprobs_at_the_rollout_temperature(tiny_model):
     m = batch.mask.bool()
     _, ent = response_logprobs(model, batch, want_entropy=True, temperature=0.5)
     probs = torch.softmax(logits / 0.5, -1)
-    assert torch.allclose(ent, -(probs * torch.log(probs)).sum(-1), atol=1e-4)  # the entropy at T as well
+    assert torch.allclose(ent[m], -(probs * torch.log(probs)).sum(-1)[m], atol=1e-4)  # the entropy at T as well
     for got in (olds[0], refs[0]):
         assert torch.allclose(got[m], want[m], atol=1e-5)
         assert not torch.allclose(got[m], at_one[m], atol=1e-3)  # T = 1 is a different policy here
@@ -115,11 +115,11 @@ def dist_world_of_one():
             os.environ[k] = v
 
 
-def _whole_step(reference, mode: str):
-    """(the step's loss over all of SEQS in one piece, by autograd, and its gradient per parameter)."""
+def _whole_step(reference, mode: str, seqs: list[dict] = SEQS):
+    """(the step's loss over all of ``seqs`` in one piece, by autograd, and its gradient per parameter)."""
     from polya.rl.grpo import aggregate, token_logprobs
 
-    whole = pack(SEQS, pad_id=0)
+    whole = pack(seqs, pad_id=0)
     lp = token_logprobs(response_logits(reference, whole), whole.response_ids, temperature=TEMPERATURE)
     per_token = -torch.exp(lp - lp.detach()) * whole.advantages.unsqueeze(-1)
     loss = aggregate(per_token, whole.mask, mode, **({"max_tokens": 8} if mode == "constant" else {}))
@@ -189,6 +189,55 @@ def test_learn_normalises_over_the_whole_step_through_deepspeed(tiny_model, dist
                 "constant": -sum(s["adv"] * len(s["ids"]) for s in SEQS) / (4 * 8)}[mode]
     assert loss.item() == pytest.approx(expected)  # (0 for sequence: each group's advantages sum to 0)
     assert max(float(v.abs().max()) for v in grads.values()) > 1e-4  # and yet the update is not trivial
+
+
+# SEQS plus a zero-signal group: every loss term of its completions is 0 x something
+ZERO_GROUP = [{"prompt_ids": [30, 31], "ids": [32, 33, 34], "adv": 0.0},
+              {"prompt_ids": [30, 31], "ids": [35, 36], "adv": 0.0}]
+
+
+def test_learned_skips_exactly_the_completions_that_add_nothing():
+    from polya.stages.grpo import learned, seq_counts
+
+    g = GRPOSpec(klCoef=0.0)
+    assert learned(SEQS + ZERO_GROUP, g) == SEQS
+    assert learned(SEQS + ZERO_GROUP, GRPOSpec(klCoef=0.01)) == SEQS + ZERO_GROUP  # the KL term has a gradient
+    assert learned(ZERO_GROUP, g) == ZERO_GROUP[:1]  # one zero-gradient pass keeps the optimizer's step
+    assert seq_counts(SEQS + ZERO_GROUP) == (15.0, 6.0)
+
+
+def test_skipped_completions_still_normalise_the_step(tiny_model, dist_world_of_one):
+    """Two steps of `learn` on a DeepSpeed engine configured for all 6 completions (micro-batch 1: 6
+    accumulation steps) but given only the 4 that `learned` keeps: each step moves the parameters by exactly
+    minus the gradient of the whole 6-completion step's loss (the zero group's 5 tokens in the normaliser).
+    Fails without the explicit accumulation boundary (4 micro-batches never reach DeepSpeed's 6: no update)
+    and with a normaliser over the learned completions only."""
+    import deepspeed
+
+    from polya.rl.deepspeed_config import deepspeed_config
+    from polya.stages.grpo import learn, learned, seq_counts
+
+    g = GRPOSpec(mu=1, klCoef=0.0, microBatchSize=1, lossAggregation="token",
+                 rollout={"temperature": TEMPERATURE, "maxTokens": 8})
+    step = SEQS + ZERO_GROUP
+    model = _model(tiny_model)
+    reference = copy.deepcopy(model)
+    prepared = [pack([s], pad_id=0) for s in learned(step, g)]
+    assert len(prepared) == 4
+    cfg = deepspeed_config(0, "fp32", micro_batch=1, grad_accum=len(step), max_grad_norm=0.0)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=1.0), config=cfg)
+    for n_step in (1, 2):
+        before = {n: p.detach().clone() for n, p in engine.module.named_parameters()}
+        reference.load_state_dict(engine.module.state_dict())
+        reference.zero_grad(set_to_none=True)
+        loss, grads = _whole_step(reference, "token", step)
+        figures = learn(SimpleNamespace(engine=engine, world=1), g, prepared, [None] * 4, [None] * 4,
+                        seq_counts(step))
+        moved = {n: before[n] - p.detach() for n, p in engine.module.named_parameters()}
+        assert grads and all(torch.allclose(moved[n], grads[n], atol=1e-5, rtol=1e-4) for n in grads), n_step
+        assert figures[0].item() == pytest.approx(loss.item(), abs=1e-6)
+        assert max(float(v.abs().max()) for v in moved.values()) > 1e-4
+    assert engine.global_steps == 2
 
 
 def test_a_step_is_split_over_every_replica():
