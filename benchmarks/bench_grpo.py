@@ -1,6 +1,6 @@
 """GRPO seconds per step: Polya (vLLM rollouts behind Ray Serve + DeepSpeed learner) against TRL's
 `GRPOTrainer`, same machine, same run, same configuration: SmolLM2-135M-Instruct on builtin:arithmetic, the
-same prompts, group size, max tokens, learning rate, steps, reward (math-verify correctness + 0.1 for writing
+same questions in the same order (TRL's dataset is the list Polya's steps draw, unshuffled), group size, max tokens, learning rate, steps, reward (math-verify correctness + 0.1 for writing
 \\boxed{}), no KL term, token-level loss (TRL's default ``dapo`` = Polya's ``token``).
 
 TRL rows, each in its own process:
@@ -32,14 +32,12 @@ os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 FORMAT_REWARD = 0.1
 
 
-def polya_grpo(model: str, steps: int, prompts: int, group: int, max_tokens: int, lr: float, root: Path,
-               precision: str, micro: int = 4) -> list[dict]:
-    from polya.artifacts import ArtifactStore
+def bench_run(model: str, steps: int, prompts: int, group: int, max_tokens: int, lr: float, root: Path,
+              precision: str, micro: int = 4):
+    """The Polya run both sides are configured from (TRL takes its questions, in its order, from it)."""
     from polya.spec import PolyaRun
-    from polya.stages import grpo
-    from polya.stages.common import StageContext
 
-    run = PolyaRun.model_validate({
+    return PolyaRun.model_validate({
         "apiVersion": "polya.dev/v1alpha1", "kind": "PolyaRun", "metadata": {"name": "bench"},
         "spec": {"model": {"name": model, "maxModelLen": 2048, "dtype": "bfloat16" if precision == "bf16" else "float32"},
                  "selfGeneration": {"maxTokens": 64},  # not run: only has to fit maxModelLen
@@ -51,6 +49,25 @@ def polya_grpo(model: str, steps: int, prompts: int, group: int, max_tokens: int
                           "rollout": {"maxTokens": max_tokens, "temperature": 1.0}},
                  "evaluation": {"samples": 1, "k": [1], "benchmarks": [{"name": "a", "source": "builtin:arithmetic"}]}},
     })
+
+
+def step_questions(run) -> list:
+    """Every step's questions, in the order Polya's GRPO draws them (`polya.stages.grpo.draw_questions`)."""
+    from polya.data import load_questions
+    from polya.stages.grpo import draw_questions, step_rng
+
+    questions = load_questions(run.spec.dataset)[0]
+    g = run.spec.grpo
+    return [q for step in range(g.steps) for q in draw_questions(step_rng(run.spec.seed, step), questions, g.promptsPerStep)]
+
+
+def polya_grpo(model: str, steps: int, prompts: int, group: int, max_tokens: int, lr: float, root: Path,
+               precision: str, micro: int = 4) -> list[dict]:
+    from polya.artifacts import ArtifactStore
+    from polya.stages import grpo
+    from polya.stages.common import StageContext
+
+    run = bench_run(model, steps, prompts, group, max_tokens, lr, root, precision, micro)
     ctx = StageContext(run=run, store=ArtifactStore(str(root)), stage="grpo", arm="vanilla", progress=False)
     grpo.run(ctx)
     return json.loads((ctx.artifact().local / "steps.json").read_text())
@@ -72,11 +89,11 @@ def trl_grpo(model_path: str, steps: int, prompts: int, group: int, max_tokens: 
     from trl import GRPOConfig, GRPOTrainer
 
     from polya.answers import extract_answer
-    from polya.data import arithmetic
     from polya.heuristics import build_messages
     from polya.verify import verify_one
 
-    qs = arithmetic(256, seed=0, difficulty=[1, 2])
+    # the questions Polya's steps draw, in order, and no shuffling: both sides answer the same questions
+    qs = step_questions(bench_run(model_path, steps, prompts, group, max_tokens, lr, out, precision))
     data = Dataset.from_list([{"prompt": build_messages(q.question, None, few_shot=True), "answer": q.answer} for q in qs])
 
     def reward(completions, answer, **_):
@@ -98,7 +115,7 @@ def trl_grpo(model_path: str, steps: int, prompts: int, group: int, max_tokens: 
     cfg = GRPOConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=prompts * group,
                      gradient_accumulation_steps=1, num_generations=group, max_completion_length=max_tokens,
                      learning_rate=lr, beta=0.0, temperature=1.0, logging_steps=1, report_to=[], save_strategy="no",
-                     use_cpu=True, bf16=precision == "bf16", seed=0, **overrides)
+                     use_cpu=True, bf16=precision == "bf16", seed=0, shuffle_dataset=False, **overrides)
     import torch
 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if precision == "bf16" else torch.float32)

@@ -8,7 +8,10 @@ plus `formatReward` for a boxed answer; groups whose rewards are all equal carry
 normalisation per `scaleRewards`). The batch is broadcast to all ranks; each rank computes old and reference
 logprobs for its shard (at the rollout temperature), runs `mu` epochs of the clipped surrogate normalised over
 the whole step's completions (`lossAggregation`, whatever the micro-batch size) (+ k3 KL when `klCoef` > 0;
-`klCoef: 0` loads no reference model) and DeepSpeed steps once per epoch.
+`klCoef: 0` loads no reference model) and DeepSpeed steps once per epoch. Without a KL term, a completion whose
+advantage is exactly zero (every completion of a zero-signal group) adds exactly nothing to the loss or its
+gradient, so the learner does not run it (`learned`); it still counts in the normaliser, so the update is the
+one the whole step gives (test), and the step's entropy and clip fraction are those of the completions run.
 Then the full weights go to every rollout replica before the next step: by default rank 0 broadcasts them over
 a process group that the vLLM workers join (`polya.rl.weight_sync`: NCCL on GPUs, CUDA IPC for a replica on
 the learner's own GPU, gloo on CPU); ``weightSync: objectStore`` sends safetensors bytes through Ray's object
@@ -110,6 +113,18 @@ async def generate_spread(handle, prompts: list[str], sampling, replicas: int) -
     return [group for part in await asyncio.gather(*calls) for group in part]
 
 
+def step_rng(seed: int, step: int) -> random.Random:
+    """A step's RNG: it draws the step's questions, then its request seeds (a resumed step draws what the
+    interrupted one did)."""
+    return random.Random(f"{seed}:{step}")
+
+
+def draw_questions(rng: random.Random, questions: list, n: int) -> list:
+    """``n`` questions drawn with replacement (`step_rng`'s first draws: the step's questions; a benchmark
+    gives TRL the same ones in the same order)."""
+    return [questions[rng.randrange(len(questions))] for _ in range(n)]
+
+
 def _sample_groups(job: GRPOJob, step: int, questions, tok, handle, verifier) -> tuple[list, int]:
     """(kept groups as (completions, rewards, correct), zero-signal groups seen): promptsPerStep questions, a
     function of (seed, step); with dynamicSampling, groups whose rewards are all equal are resampled."""
@@ -121,10 +136,10 @@ def _sample_groups(job: GRPOJob, step: int, questions, tok, handle, verifier) ->
     from polya.rl.grpo import zero_signal_groups
 
     g = job.grpo
-    rng = random.Random(f"{job.learner.seed}:{step}")
+    rng = step_rng(job.learner.seed, step)
     kept, zero_groups, want = [], 0, g.promptsPerStep
     for attempt in range(1 + RESAMPLE_ROUNDS if g.dynamicSampling else 1):
-        picks = [questions[rng.randrange(len(questions))] for _ in range(want)]
+        picks = draw_questions(rng, questions, want)
         sampling = _sampling(g, rng)
         prompts = [render_prompt(tok, q.question, None, few_shot=job.few_shot) for q in picks]
         out = asyncio.run(generate_spread(handle, prompts, sampling, g.rollout.replicas))
@@ -193,6 +208,22 @@ def reference_logprobs(learner: Learner, ref, g: GRPOSpec, prepared: list) -> tu
     return olds, refs
 
 
+def learned(seqs: list[dict], g: GRPOSpec) -> list[dict]:
+    """The completions the learner runs. With ``klCoef: 0`` every loss term of a completion is its advantage
+    times a function of its ratio, so one whose advantage is exactly 0 contributes exactly 0 to the loss and
+    the gradient: skipped (a zero-signal group costs no forward or backward). With a KL term all are run.
+    Never empty: an all-zero step still runs one completion (a zero gradient), so the optimizer steps as it
+    would have (AdamW moves the weights on momentum and decay even then)."""
+    if g.klCoef > 0:
+        return seqs
+    return [s for s in seqs if s["adv"] != 0] or seqs[:1]
+
+
+def seq_counts(seqs: list[dict]) -> tuple[float, float]:
+    """(completion tokens, completions) of a step from its sequences (every rank has them all)."""
+    return float(sum(len(s["ids"]) for s in seqs)), float(len(seqs))
+
+
 def step_counts(prepared: list) -> tuple[float, float]:
     """(completion tokens, completions) of the whole step: this rank's micro-batches, summed over ranks
     (collective) — what `lossAggregation` normalises by."""
@@ -205,10 +236,14 @@ def step_counts(prepared: list) -> tuple[float, float]:
     return float(local[0]), float(local[1])
 
 
-def learn(learner: Learner, g: GRPOSpec, prepared: list, olds: list, refs: list):
+def learn(learner: Learner, g: GRPOSpec, prepared: list, olds: list, refs: list,
+          counts: tuple[float, float] | None = None):
     """``mu`` epochs of the clipped surrogate over this rank's micro-batches, normalised over the whole step
-    (`polya.rl.grpo.step_normaliser`); per epoch, this rank's share of the step's loss and KL, and its mean
-    clip fraction and entropy (`mean_over_ranks` sums the shares and averages the rest)."""
+    (`polya.rl.grpo.step_normaliser` of ``counts``, the step's (completion tokens, completions); by default
+    those of the micro-batches of every rank); per epoch, this rank's share of the step's loss and KL, and its
+    mean clip fraction and entropy (`mean_over_ranks` sums the shares and averages the rest). The optimizer
+    steps at the last micro-batch of each epoch, however many there are (set explicitly: `learned` may leave
+    fewer than DeepSpeed's configured accumulation steps)."""
     import torch
 
     from polya.rl.grpo import aggregate, grpo_loss, step_normaliser
@@ -216,13 +251,14 @@ def learn(learner: Learner, g: GRPOSpec, prepared: list, olds: list, refs: list)
 
     engine = learner.engine
     t = g.rollout.temperature
-    normaliser = step_normaliser(*step_counts(prepared), g.lossAggregation, g.rollout.maxTokens)
+    normaliser = step_normaliser(*(counts or step_counts(prepared)), g.lossAggregation, g.rollout.maxTokens)
     # DeepSpeed divides each backward by its accumulation steps and averages gradients over ranks: undo
     # both, so the step's gradient is that of sum(shares) = the loss over every completion of the step
     scale = engine.gradient_accumulation_steps() * learner.world
     sums = torch.zeros(4, dtype=torch.float64)  # loss, kl, clip fraction, entropy
     for epoch in range(g.mu):
-        for b, old, refp in zip(prepared, olds, refs):
+        for i, (b, old, refp) in enumerate(zip(prepared, olds, refs)):
+            engine.set_gradient_accumulation_boundary(i == len(prepared) - 1)
             lp, ent = response_logprobs(engine, b, want_entropy=epoch == 0, temperature=t)
             loss, st = grpo_loss(lp, lp.detach() if old is None else old, b.advantages, b.mask,
                                  clip_low=g.clipRatio, clip_high=g.clip_high, ref_logp=refp,
@@ -265,14 +301,15 @@ def grpo_step(job: GRPOJob, learner: Learner, ref, step: int, questions, verifie
     t_rollout = time.perf_counter() - t0
     if not roll.seqs:
         return {"step": step + 1, "skipped": 1.0, "zero_signal_groups": roll.zero_groups}
-    prepared = shard(roll.seqs, learner.rank, per_rank_share(g, learner.world), g.microBatchSize, learner.pad_id)
+    active = learned(roll.seqs, g)
+    prepared = shard(active, learner.rank, math.ceil(len(active) / learner.world), g.microBatchSize, learner.pad_id)
     t1 = time.perf_counter()
     olds, refs = reference_logprobs(learner, ref, g, prepared)
     t2 = time.perf_counter()
-    local = learn(learner, g, prepared, olds, refs)
+    local = learn(learner, g, prepared, olds, refs, seq_counts(roll.seqs))
     t3 = time.perf_counter()
     t_sync = publisher.publish(learner.engine.module, learner.engine.device, step + 1)
-    return {"step": step + 1, **roll.figures, "zero_signal_groups": roll.zero_groups,
+    return {"step": step + 1, **roll.figures, "zero_signal_groups": roll.zero_groups, "learned_completions": len(active),
             **mean_over_ranks(local, learner.world), "lr": learner.scheduler.get_last_lr()[0],
             "t_rollout": t_rollout, "t_reference": t2 - t1, "t_learn": t3 - t2, "t_sync": t_sync}
 
