@@ -190,7 +190,8 @@ def parts_alone(model: str, prompts: int, group: int, max_tokens: int, precision
     tok = AutoTokenizer.from_pretrained(path)
     rng = random.Random(0)
     qs = arithmetic(256, seed=0, difficulty=[1, 2])
-    texts = [render_prompt(tok, q.question, None, few_shot=True) for q in rng.sample(qs, prompts * (repeats + 1))]
+    picked = rng.sample(qs, prompts * (repeats + 1))
+    texts = [render_prompt(tok, q.question, None, few_shot=True) for q in picked]
     llm = LLM(model=path, dtype=resolve_dtype("bfloat16" if precision == "bf16" else "float32"), max_model_len=2048,
               max_num_seqs=64, seed=0, enforce_eager=True, enable_prefix_caching=True)
     params = SamplingParams(n=group, temperature=1.0, max_tokens=max_tokens)
@@ -201,8 +202,19 @@ def parts_alone(model: str, prompts: int, group: int, max_tokens: int, precision
         outs = llm.generate(texts[r * prompts:(r + 1) * prompts], params, use_tqdm=False)
         dt = time.perf_counter() - t0
         best = max(best, sum(len(c.token_ids) for o in outs for c in o.outputs) / dt)
-    seqs = [{"prompt_ids": list(o.prompt_token_ids), "ids": list(c.token_ids), "adv": (-1.0) ** i}
-            for o in outs for i, c in enumerate(o.outputs)]
+    # the stage's rewards and advantages on the last pass's answers, so that `learned` skips what the stage would
+    from polya.rl.grpo import group_advantages
+    from polya.stages.grpo import _rewards
+    from polya.verify import Verifier
+
+    golds = [q.answer for q in picked[repeats * prompts:(repeats + 1) * prompts] for _ in range(group)]
+    answers = [c.text for o in outs for c in o.outputs]
+    verifier = Verifier(workers=1)
+    rewards = _rewards(verifier, golds, answers, FORMAT_REWARD)[0]
+    verifier.close()
+    adv = group_advantages(torch.tensor(rewards).view(prompts, group)).flatten().tolist()
+    seqs = [{"prompt_ids": list(o.prompt_token_ids), "ids": list(c.token_ids), "adv": adv[i * group + j]}
+            for i, o in enumerate(outs) for j, c in enumerate(o.outputs)]
     del llm
 
     import deepspeed
@@ -212,7 +224,7 @@ def parts_alone(model: str, prompts: int, group: int, max_tokens: int, precision
     from polya.rl.deepspeed_config import deepspeed_config
     from polya.rl.learner import adamw
     from polya.spec import GRPOSpec
-    from polya.stages.grpo import learn, reference_logprobs, shard
+    from polya.stages.grpo import learn, learned, reference_logprobs, seq_counts, shard
 
     with socket.socket() as sk:
         sk.bind(("127.0.0.1", 0))
@@ -223,7 +235,8 @@ def parts_alone(model: str, prompts: int, group: int, max_tokens: int, precision
     g = GRPOSpec(mu=1, klCoef=0.0, microBatchSize=micro, learningRate=2e-6, precision=precision, zeroStage=0,
                  rollout={"temperature": 1.0, "maxTokens": max_tokens}, promptsPerStep=prompts, groupSize=group)
     net = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
-    prepared = shard(seqs, 0, len(seqs), g.microBatchSize, tok.pad_token_id or tok.eos_token_id)
+    active = learned(seqs, g)  # as the stage: completions with a zero advantage are not run
+    prepared = shard(active, 0, len(active), g.microBatchSize, tok.pad_token_id or tok.eos_token_id)
     cfg = deepspeed_config(0, precision, g.microBatchSize, max(1, math.ceil(len(seqs) / g.microBatchSize)), g.maxGradNorm)
     engine, *_ = deepspeed.initialize(model=net, optimizer=adamw(net.parameters(), g.learningRate, 0.01),
                                       config=cfg)
@@ -232,11 +245,11 @@ def parts_alone(model: str, prompts: int, group: int, max_tokens: int, precision
     for _ in range(repeats + 1):
         t0 = time.perf_counter()
         olds, refs = reference_logprobs(learner, None, g, prepared)
-        learn(learner, g, prepared, olds, refs)
+        learn(learner, g, prepared, olds, refs, seq_counts(seqs))
         learner_s.append(time.perf_counter() - t0)
     dist.destroy_process_group()
     return {"tokens_per_s": best, "learner_s": min(learner_s[1:]),
-            "learner_tokens": sum(len(x["ids"]) for x in seqs) / len(seqs)}
+            "learned_tokens": seq_counts(active)[0]}
 
 
 def per_step(ends: list[float]) -> list[float]:
@@ -314,21 +327,23 @@ def compare(args, path: str, tmp: Path, precision: str) -> None:
     phases = {k: _avg([r[k] for r in polya_rows[1:]]) for k in ("t_rollout", "t_reference", "t_learn", "t_sync")}
     print(f"{'polya':<22} s/step {_avg(p_s):7.2f}   s per 1k completion tokens {_avg(p_tok):6.2f}   "
           f"(steps: {', '.join(f'{x:.1f}' for x in p_s)}; phases: "
-          + ", ".join(f"{k[2:]} {v:.1f}" for k, v in phases.items()) + ")", flush=True)
+          + ", ".join(f"{k[2:]} {v:.1f}" for k, v in phases.items())
+          + f"; learner ran {_avg([r['learned_completions'] for r in polya_rows[1:]]):.1f} of {n} completions:"
+          " the rest had advantage 0)", flush=True)
     parts = in_child(args, precision, "--parts")
     if "error" in parts:
         print(f"parts alone: failed: {parts['error']}")
     else:
         # each of Polya's steps: its completion tokens at the offline engine's speed, plus the learner's step
-        # alone scaled to its completion length (the learner ran the offline run's own completions, whose
-        # mean length differs; its cost grows with the completion tokens on top of a shared prompt)
+        # alone scaled to the tokens that step's learner ran (the learner alone ran the offline run's own
+        # completions, a different number of tokens: its cost grows with them on top of a shared prompt)
         gen = [r["response_len"] * n / parts["tokens_per_s"] for r in polya_rows[1:]]
-        learn_s = [parts["learner_s"] * r["response_len"] / parts["learner_tokens"] for r in polya_rows[1:]]
+        learn_s = [parts["learner_s"] * r["learned_tokens"] / parts["learned_tokens"] for r in polya_rows[1:]]
         alone = [a + b for a, b in zip(gen, learn_s)]
         ratio = [s / a for s, a in zip(p_s, alone)]
         print(f"{'polya parts alone':<22} s/step {_avg(alone):7.2f}   (generation at vLLM offline's "
               f"{parts['tokens_per_s']:.0f} tok/s: {_avg(gen):.1f} s + learner step alone {_avg(learn_s):.1f} s "
-              f"[{parts['learner_s']:.1f} s at {parts['learner_tokens']:.0f} tokens/completion]; in-stage "
+              f"[{parts['learner_s']:.1f} s for {parts['learned_tokens']:.0f} learned tokens]; in-stage "
               f"{_avg([r['t_rollout'] for r in polya_rows[1:]]):.1f} + "
               f"{_avg([r['t_reference'] + r['t_learn'] for r in polya_rows[1:]]):.1f} s; "
               f"in-stage / parts = {_avg(ratio):.2f}x, target <= 1.15x)", flush=True)

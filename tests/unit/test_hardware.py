@@ -37,3 +37,14 @@ def test_learner_threads_share_the_node(cpus, local, threads):
 def test_vllm_keeps_no_core_for_its_scheduler_on_two_cores():
     assert hardware.vllm_cpu_reserved_cores(2) == 0 and hardware.vllm_cpu_reserved_cores(1) == 0
     assert hardware.vllm_cpu_reserved_cores(16) is None  # vLLM's own default (one core) where not measured
+
+
+def test_cpu_learner_workers_start_with_their_share_of_the_cores(monkeypatch):
+    """Ray would start them with OMP_NUM_THREADS=1 (one reserved CPU each); the variable must be right before
+    torch loads, so it goes in the workers' runtime environment."""
+    from polya.rl.learner import worker_runtime_env
+
+    monkeypatch.setattr(hardware, "usable_cpus", lambda: 16)
+    assert worker_runtime_env(GRPOSpec(workers=4)) == {"env_vars": {"OMP_NUM_THREADS": "4"}}
+    assert worker_runtime_env(GRPOSpec(workers=1)) == {"env_vars": {"OMP_NUM_THREADS": "16"}}
+    assert worker_runtime_env(GRPOSpec(workers=2, gpusPerWorker=1)) == {}  # GPU learners: Ray's default

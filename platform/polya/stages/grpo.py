@@ -310,6 +310,7 @@ def grpo_step(job: GRPOJob, learner: Learner, ref, step: int, questions, verifie
     t3 = time.perf_counter()
     t_sync = publisher.publish(learner.engine.module, learner.engine.device, step + 1)
     return {"step": step + 1, **roll.figures, "zero_signal_groups": roll.zero_groups, "learned_completions": len(active),
+            "learned_tokens": seq_counts(active)[0],
             **mean_over_ranks(local, learner.world), "lr": learner.scheduler.get_last_lr()[0],
             "t_rollout": t_rollout, "t_reference": t2 - t1, "t_learn": t3 - t2, "t_sync": t_sync}
 
