@@ -318,10 +318,10 @@ def compare(args, path: str, tmp: Path, precision: str) -> None:
     n = args.prompts * args.group
     print(f"config: {args.model}, {args.prompts} prompts x {args.group} completions, max_tokens {args.max_tokens}, "
           f"{args.steps} steps (first excluded), lr {args.lr}, no KL, token-level loss, {precision} on both; "
-          f"time = wall clock from one step's end to the next; learner batches: Polya 4 micro-batches of 4 (one group "
-          f"each, its prompt run once), TRL one batch of {n}", flush=True)
+          f"time = wall clock from one step's end to the next; learner batches: Polya micro-batches of {args.micro_batch} "
+          f"(packed: prompts once, no padding; zero-advantage completions not run), TRL one batch of {n}", flush=True)
     polya_rows = polya_grpo(args.model, args.steps, args.prompts, args.group, args.max_tokens, args.lr, tmp / "polya",
-                            precision)
+                            precision, args.micro_batch)
     p_s = per_step([r["t_end"] for r in polya_rows])
     p_tok = [s / (r["response_len"] * n / 1000) for s, r in zip(p_s, polya_rows[1:])]
     phases = {k: _avg([r[k] for r in polya_rows[1:]]) for k in ("t_rollout", "t_reference", "t_learn", "t_sync")}
@@ -338,7 +338,7 @@ def compare(args, path: str, tmp: Path, precision: str) -> None:
         # alone scaled to the tokens that step's learner ran (the learner alone ran the offline run's own
         # completions, a different number of tokens: its cost grows with them on top of a shared prompt)
         gen = [r["response_len"] * n / parts["tokens_per_s"] for r in polya_rows[1:]]
-        learn_s = [parts["learner_s"] * r["learned_tokens"] / parts["learned_tokens"] for r in polya_rows[1:]]
+        learn_s = [parts["learner_s"] * r["learned_tokens"] / max(parts["learned_tokens"], 1.0) for r in polya_rows[1:]]
         alone = [a + b for a, b in zip(gen, learn_s)]
         ratio = [s / a for s, a in zip(p_s, alone)]
         print(f"{'polya parts alone':<22} s/step {_avg(alone):7.2f}   (generation at vLLM offline's "

@@ -271,7 +271,11 @@ def _check_receiver(port: int, group: dict, sums: dict[str, float], out) -> None
 
 def part_shared_prompt(shape: str = "smollm2-135m", groups: int = 8, group: int = 8, prompt: int = 256,
                        answer: int = 128) -> str:
-    from polya.rl.rollout_batch import pack, response_logprobs
+    from polya.rl.grpo import token_logprobs
+    from polya.rl.rollout_batch import pack, response_logits
+
+    def response_logprobs(model, batch):  # the padded layouts only (shared prompt vs full): `part_packed` has the packed one
+        return token_logprobs(response_logits(model, batch), batch.response_ids), None
 
     model = _tiny_llama(shape).to(torch.bfloat16).cuda().train()
     b = pack(_groups(groups, group, prompt, answer, SHAPES[shape][3]), 0)

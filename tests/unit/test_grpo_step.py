@@ -127,12 +127,14 @@ def _whole_step(reference, mode: str, seqs: list[dict] = SEQS):
     return loss, {n: p.grad for n, p in reference.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("mode", ["token", "sequence"])
+@pytest.mark.parametrize("mode", ["token", "sequence", "token+skip"])
 def test_learn_over_two_ranks_is_the_gradient_of_the_whole_step(tiny_model, tmp_path, mode):
     """Two real learner processes (gloo, DeepSpeed, SGD lr 1), each with two of the step's four completions:
     both ranks' parameters move by exactly minus the gradient of the whole step's loss, and the logged loss
     is the whole step's. Without the ×world scaling of each backward (DeepSpeed averages gradients over
-    ranks) the update is half of it; with a per-rank normaliser, the token loss is another figure."""
+    ranks) the update is half of it; with a per-rank normaliser, the token loss is another figure.
+    ``token+skip``: the step also holds a zero-signal group that no rank runs (DeepSpeed configured for 3
+    micro-batches per rank, given 2): still the whole 6-completion step's gradient, on both ranks."""
     import os
     import subprocess
     import sys
@@ -148,7 +150,7 @@ def test_learn_over_two_ranks_is_the_gradient_of_the_whole_step(tiny_model, tmp_
     assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
     reference = _model(tiny_model)
     before = {n: p.detach().clone() for n, p in reference.named_parameters()}
-    loss, grads = _whole_step(reference, mode)
+    loss, grads = _whole_step(reference, mode.removesuffix("+skip"), SEQS + ZERO_GROUP if "skip" in mode else SEQS)
     for rank in (0, 1):
         saved = torch.load(tmp_path / f"rank{rank}.pt")
         moved = {n: before[n] - saved["params"][n] for n in grads}

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from polya.rl import packed
+from polya.rl import packed, rollout_batch
 from polya.rl.grpo import grpo_loss, logprobs_and_entropy
 from polya.rl.rollout_batch import _packs, pack, response_logits, response_logprobs
 
@@ -20,6 +20,8 @@ SEQS = [
     {"prompt_ids": [5, 6, 7, 8], "ids": [], "adv": 0.0},
     {"prompt_ids": [30], "ids": [31, 32], "adv": 2.0},
 ]
+# plus a rank's filler copy (`polya.stages.grpo.shard`): computed like any sequence, masked out of the loss
+WITH_FILLER = SEQS + [{"prompt_ids": [20, 21], "ids": [22, 27], "adv": 0.5, "filler": True}]
 
 
 def test_plan_lays_out_real_tokens_only():
@@ -47,7 +49,7 @@ def _padded(model, batch, temperature):
 def test_packed_equals_padded_in_values_and_gradients(tiny_model, temperature):
     from transformers import AutoModelForCausalLM
 
-    batch = pack(SEQS, pad_id=0)
+    batch = pack(WITH_FILLER, pad_id=0)
     results = []
     for run in (packed.response_logprobs, lambda m, b, e, t: _padded(m, b, t)):
         torch.manual_seed(0)
@@ -61,7 +63,10 @@ def test_packed_equals_padded_in_values_and_gradients(tiny_model, temperature):
     m = batch.mask.bool()
     assert int(m.sum()) == 12
     assert torch.allclose(lp_a[m], lp_b[m], atol=1e-5) and torch.allclose(ent_a[m], ent_b[m], atol=1e-4)
-    assert (lp_a[~m] == 0).all()  # past a response's end: nothing computed
+    past_end = torch.arange(batch.response_ids.shape[1]) >= batch.lengths[:, None]
+    assert (lp_a[past_end] == 0).all() and (ent_a[past_end] == 0).all()  # past a response's end: nothing computed
+    filler = ~m & ~past_end
+    assert int(filler.sum()) == 2 and torch.allclose(lp_a[filler], lp_b[filler], atol=1e-5)
     assert g_a.keys() == g_b.keys() and len(g_a) > 5
     for name in g_a:
         assert torch.allclose(g_a[name], g_b[name], atol=1e-6, rtol=1e-4), name
@@ -84,15 +89,61 @@ def test_packed_is_chosen_where_it_does_less_work():
     assert not packed.cheaper(SMOLLM2, long_even)
 
 
-def test_dispatch_takes_the_padded_path_under_gradient_checkpointing(tiny_model):
+def test_dispatch_decisions(tiny_model):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
-    batch = pack(SEQS, pad_id=0)
+    batch = pack(WITH_FILLER, pad_id=0)
     assert _packs(model, batch)
+    assert not _packs(model, pack([{"prompt_ids": [5], "ids": [], "adv": 0.0}], pad_id=0))  # nothing to score
     model.gradient_checkpointing_enable()
     assert not _packs(model, batch)  # no cache to put the responses on
-    assert not _packs(model, pack([{"prompt_ids": [5], "ids": [], "adv": 0.0}], pad_id=0))  # nothing to score
+
+
+def test_sliding_window_models_take_the_padded_path():
+    from transformers import Gemma2Config, LlamaConfig, MistralConfig, Qwen2Config
+
+    assert packed.full_attention_only(LlamaConfig())
+    assert packed.full_attention_only(Qwen2Config(use_sliding_window=False))
+    assert packed.full_attention_only(MistralConfig(sliding_window=None))
+    assert not packed.full_attention_only(MistralConfig(sliding_window=4096))
+    assert not packed.full_attention_only(Qwen2Config(use_sliding_window=True, sliding_window=4096, max_window_layers=0))
+    assert not packed.full_attention_only(Gemma2Config())
+    small = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                 num_key_value_heads=2, vocab_size=64)
+    for cfg, packs in ((LlamaConfig(**small), True), (MistralConfig(sliding_window=4, **small), False)):
+        model = SimpleNamespace(config=cfg, is_gradient_checkpointing=False)
+        assert _packs(model, pack(WITH_FILLER, pad_id=0)) is packs
+
+
+def test_the_memory_cap_keeps_huge_micro_batches_padded(monkeypatch):
+    # 63 ten-token answers and one of 8192: packed is far less work (the padded layout runs 64 x 8192
+    # positions), but its response mask would hold 8758 x 8774 elements (147 MB in bf16) > 2^26
+    lopsided = pack(_group(16, [10] * 63 + [8192]), pad_id=0)
+    assert not packed.cheaper(SMOLLM2, lopsided)
+    monkeypatch.setattr(packed, "MAX_MASK_ELEMENTS", 1 << 40)
+    assert packed.cheaper(SMOLLM2, lopsided)
+
+
+@pytest.mark.parametrize("layout", ["packed", "padded"])
+def test_dispatched_logprobs_match_each_sequence_alone(tiny_model, monkeypatch, layout):
+    """`response_logprobs` on either path (forced; a spy proves which ran) equals each sequence run alone,
+    and is 0 past each response's end on both (a policy and a reference pass may take different paths)."""
+    from transformers import AutoModelForCausalLM
+
+    ran = []
+    monkeypatch.setattr(rollout_batch, "_packs", lambda model, batch: layout == "packed")
+    real_packed, real_padded = packed.response_logprobs, rollout_batch.response_logits
+    monkeypatch.setattr(packed, "response_logprobs", lambda *a: ran.append("packed") or real_packed(*a))
+    monkeypatch.setattr(rollout_batch, "response_logits", lambda *a: ran.append("padded") or real_padded(*a))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    batch = pack(WITH_FILLER, pad_id=0)
     with torch.no_grad():
-        lp, _ = response_logprobs(model.eval(), batch)
-    assert torch.allclose(lp[batch.mask.bool()], _padded(model, batch, 1.0)[0][batch.mask.bool()], atol=1e-5)
+        lp, ent = response_logprobs(model, batch, want_entropy=True, temperature=0.7)
+        assert ran == [layout]
+        for i, s in enumerate(WITH_FILLER):
+            full = torch.tensor([s["prompt_ids"] + s["ids"]])
+            alone = torch.log_softmax(model(input_ids=full).logits[0, :-1].float() / 0.7, -1)
+            want = alone[len(s["prompt_ids"]) - 1 :].gather(-1, full[0, len(s["prompt_ids"]) :, None])[:, 0]
+            assert torch.allclose(lp[i, : len(s["ids"])], want, atol=1e-5), (layout, i)
+            assert (lp[i, len(s["ids"]) :] == 0).all() and (ent[i, len(s["ids"]) :] == 0).all()

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from polya.rl.rollout_batch import pack, response_logprobs
+from polya.rl.grpo import logprobs_and_entropy
+from polya.rl.rollout_batch import pack, response_logits, response_logprobs
 
 SEQS = [
     {"prompt_ids": [5, 6, 7], "ids": [8, 9], "adv": 1.0},
@@ -27,13 +28,20 @@ def test_prompts_left_padded_responses_right_padded():
         pack([], 0)
 
 
-def test_logprobs_match_each_sequence_alone(tiny_model):
+def _padded(model, batch):
+    """(logprobs, entropy) from the padded layouts (`response_logits`: shared-prompt or full), whatever
+    `response_logprobs` would dispatch to (it takes the packed path where that does less work)."""
+    return logprobs_and_entropy(response_logits(model, batch), batch.response_ids, 1.0)
+
+
+@pytest.mark.parametrize("layout", ["dispatched", "padded"])
+def test_logprobs_match_each_sequence_alone(tiny_model, layout):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
     b = pack(SEQS, pad_id=0)
     with torch.no_grad():
-        logp, ent = response_logprobs(model, b, want_entropy=True)
+        logp, ent = response_logprobs(model, b, want_entropy=True) if layout == "dispatched" else _padded(model, b)
         assert logp.shape == ent.shape == (3, 3)
         for i, s in enumerate(SEQS):
             full = torch.tensor([s["prompt_ids"] + s["ids"]])
@@ -82,7 +90,7 @@ def test_shared_prompt_path_equals_full_sequences_in_values_and_gradients(tiny_m
     for batch in (shared, full):
         model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
         model.train()
-        logp, ent = response_logprobs(model, batch, want_entropy=True)
+        logp, ent = _padded(model, batch)  # the two padded layouts (the packed one has its own test)
         loss, _ = grpo_loss(logp, logp.detach(), batch.advantages, batch.mask)
         loss.backward()
         values.append((logp.detach(), ent.detach()))
@@ -103,6 +111,6 @@ def test_one_token_responses_need_only_the_prompt_pass(tiny_model):
     seqs = [{"prompt_ids": [5, 6], "ids": [t], "adv": 0.0} for t in (7, 8, 9)]
     b = pack(seqs, pad_id=0)
     with torch.no_grad():
-        got = response_logprobs(model, b)[0]
-        want = response_logprobs(model, b.unshared())[0]
+        got = _padded(model, b)[0]
+        want = _padded(model, b.unshared())[0]
     assert got.shape == (3, 1) and torch.allclose(got, want, atol=1e-5)

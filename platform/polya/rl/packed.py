@@ -105,10 +105,30 @@ def packed_logits(model, pk: Packed) -> torch.Tensor:
     return torch.cat([first, tail])
 
 
+# the largest response-row mask (query x key elements) the packed path builds: 2^26 is 128 MB in bf16 (the
+# padded path's masks and attention grow with B·C·(P + C) instead; past this, memory decides, not work)
+MAX_MASK_ELEMENTS = 1 << 26
+
+
+def _text_config(config):
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def full_attention_only(config) -> bool:
+    """Whether every layer attends to all earlier tokens: the packed path hands the model its own block mask,
+    which a sliding-window layer (Mistral, Gemma 2/3, Qwen2 with ``use_sliding_window``) would not narrow."""
+    cfg = _text_config(config)
+    types = getattr(cfg, "layer_types", None)
+    if types is not None and any(t != "full_attention" for t in types):
+        return False
+    return not getattr(cfg, "sliding_window", None) or getattr(cfg, "use_sliding_window", True) is False
+
+
 def cheaper(config, batch: "RolloutBatch") -> bool:
     """Whether the packed layout does fewer multiply-adds than the padded shared-prompt one for this batch
     (per layer: linear maps ~ hidden·(4·hidden + 3·intermediate) per token, attention 2·hidden per
-    query-key pair; the vocabulary head hidden·vocab per scored position)."""
+    query-key pair; the vocabulary head hidden·vocab per scored position), within `MAX_MASK_ELEMENTS`."""
+    config = _text_config(config)
     h = config.hidden_size
     inter = getattr(config, "intermediate_size", 4 * h)
     layers = config.num_hidden_layers
@@ -118,6 +138,8 @@ def cheaper(config, batch: "RolloutBatch") -> bool:
     b, c = batch.response_ids.shape
     lp = int(batch.prompt_attention.sum())
     lt = int((batch.lengths - 1).clamp(min=0).sum())
+    if max(lp * lp, lt * (lp + lt)) > MAX_MASK_ELEMENTS:
+        return False
     padded = layers * (linear * (u * p + b * c) + 2 * h * (u * p * p + b * c * (p + c))) + h * vocab * (u + b * c)
     packed = layers * (linear * (lp + lt) + 2 * h * (lp * lp + lt * (lp + lt))) + h * vocab * (u + lt)
     return packed < padded

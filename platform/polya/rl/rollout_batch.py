@@ -55,8 +55,10 @@ class RolloutBatch:
         return torch.cat([self.prompt_ids[self.owner], self.response_ids], dim=1)
 
     @property
-    def attention(self) -> torch.Tensor:  # (B, P + C)
-        return torch.cat([self.prompt_attention[self.owner], self.mask], dim=1)
+    def attention(self) -> torch.Tensor:  # (B, P + C): a padding copy attends to its tokens too (as packed)
+        cols = torch.arange(self.response_width, device=self.lengths.device)
+        present = (cols < self.lengths.unsqueeze(-1)).to(self.prompt_attention.dtype)
+        return torch.cat([self.prompt_attention[self.owner], present], dim=1)
 
     @property
     def positions(self) -> torch.Tensor:  # (B, P + C)
@@ -132,19 +134,31 @@ def response_logits(model, batch: RolloutBatch) -> torch.Tensor:
 
 
 def _packs(model, batch: RolloutBatch) -> bool:
-    """Whether `polya.rl.packed` runs this batch: no gradient checkpointing (it keeps no cache), every prompt
-    non-empty, some response token to score, and fewer multiply-adds than the padded layout."""
+    """Whether `polya.rl.packed` runs this batch: full attention in every layer (its block mask is passed
+    as-is, so a sliding window would be lost), no gradient checkpointing (it keeps no cache), every prompt
+    non-empty, some response token to score, and less work than the padded layout."""
     from polya.rl import packed
 
     net = _unwrap(model)
-    if getattr(net, "is_gradient_checkpointing", False) or not bool((batch.prompt_attention.sum(-1) > 0).all()):
+    if getattr(net, "is_gradient_checkpointing", False) or not packed.full_attention_only(net.config):
+        return False
+    if not bool((batch.prompt_attention.sum(-1) > 0).all()):
         return False
     return bool((batch.lengths > 0).any()) and packed.cheaper(net.config, batch)
 
 
+def _past_end_zeroed(values: torch.Tensor, batch: RolloutBatch) -> torch.Tensor:
+    """``values`` (B, C) with every position past a response's end set to 0, as the packed path leaves them
+    (a policy pass and a reference pass may take different paths: a pad token's logprob in one and 0 in the
+    other would put exp(±large) into the KL term, and inf x 0 = NaN)."""
+    cols = torch.arange(values.shape[1], device=values.device)
+    return values.masked_fill(cols >= batch.lengths.to(values.device).unsqueeze(-1), 0.0)
+
+
 def response_logprobs(model, batch: RolloutBatch, want_entropy: bool = False, temperature: float = 1.0):
     """(logprobs (B, C), entropy (B, C) or None) of the response tokens under ``model`` sampled at
-    ``temperature`` (the logits are divided by it, as the rollout engine did before sampling)."""
+    ``temperature`` (the logits are divided by it, as the rollout engine did before sampling); 0 past each
+    response's end, whichever layout ran."""
     from polya.rl import packed
     from polya.rl.grpo import logprobs_and_entropy, token_logprobs
 
@@ -152,5 +166,6 @@ def response_logprobs(model, batch: RolloutBatch, want_entropy: bool = False, te
         return packed.response_logprobs(model, batch, want_entropy, temperature)
     logits = response_logits(model, batch)
     if want_entropy:
-        return logprobs_and_entropy(logits, batch.response_ids, temperature)
-    return token_logprobs(logits, batch.response_ids, temperature), None
+        lp, ent = logprobs_and_entropy(logits, batch.response_ids, temperature)
+        return _past_end_zeroed(lp, batch), _past_end_zeroed(ent, batch)
+    return _past_end_zeroed(token_logprobs(logits, batch.response_ids, temperature), batch), None
