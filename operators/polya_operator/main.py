@@ -143,14 +143,15 @@ def _cached_lookup(run: dict[str, Any]):
     stores: a local path or file:// names a volume of the stage pods, not a folder of the operator's."""
     from polya import storage
 
-    if not storage.is_remote(run["spec"]["storage"]["uri"]):
+    if not storage.is_remote(run["spec"]["storage"].get("artifacts") or run["spec"]["storage"]["uri"]):
         return lambda stage, key: None
 
     def lookup(stage: str, key: str) -> dict[str, Any] | None:
         from polya.artifacts import ArtifactStore
 
         try:
-            art = ArtifactStore(run["spec"]["storage"]["uri"]).artifact(stage, key)
+            where = run["spec"]["storage"]
+            art = ArtifactStore(where.get("artifacts") or where["uri"]).artifact(stage, key)
             if not art.exists():
                 return None
             return {"artifactUri": art.uri, "figures": art.manifest().get("figures") or {}}

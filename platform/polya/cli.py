@@ -162,20 +162,26 @@ def prompt_warnings(run: "PolyaRun") -> list[str]:
     from polya.validation import UserError
 
     spec = run.spec
-    tok, bad_tokenizer = _readable_tokenizer(spec.model)
     heuristics = list(select(spec.heuristics.count, spec.heuristics.names))
-    checks: list[tuple[str, str, str, "QuestionSourceSpec", list, int]] = [
+    writer = "selfGeneration.model" if spec.selfGeneration.model else "model"  # whose tokenizer renders the prompts
+    rl_field = "grpo.dataset" if spec.grpo.dataset else "dataset"
+    checks: list[tuple[str, str, str, "QuestionSourceSpec", list, int, str]] = [
         ("selfGeneration", "dataset", "dataset", spec.dataset,  # STaR generates without a heuristic
-         heuristics + ([None] if Arm.STAR in spec.baselines else []), spec.selfGeneration.maxTokens)]
+         heuristics + ([None] if Arm.STAR in spec.baselines else []), spec.selfGeneration.maxTokens, writer)]
     if spec.grpo.enabled:
-        checks.append(("grpo.rollout", "dataset", "dataset", spec.dataset, [None], spec.grpo.rollout.maxTokens))
+        checks.append(("grpo.rollout", rl_field, rl_field, spec.rl_dataset(), [None], spec.grpo.rollout.maxTokens,
+                       "model"))
     for i, bench in enumerate(spec.evaluation.benchmarks):
         checks.append(("evaluation", f"benchmark {bench.name!r}", f"evaluation.benchmarks[{i}]", bench, [None],
-                       spec.evaluation.maxTokens))
-    limit, warnings, loaded = spec.model.maxModelLen, bad_tokenizer, {}
-    for block, label, field, source, heads, max_tokens in checks:
+                       spec.evaluation.maxTokens, "model"))
+    models = {"model": spec.model, "selfGeneration.model": spec.generator()}
+    warnings, loaded, toks = [], {}, {}
+    for block, label, field, source, heads, max_tokens, model_field in checks:
         if source.source != "builtin:arithmetic" and uri_scheme(source.source) not in (None, "file"):
             continue  # hub and object-store sources are read where the run runs
+        if model_field not in toks:
+            toks[model_field], bad = _readable_tokenizer(models[model_field])
+            warnings += [w.replace("spec.model.name", f"spec.{model_field}.name") for w in bad]
         key = field
         if key not in loaded:
             try:
@@ -183,25 +189,26 @@ def prompt_warnings(run: "PolyaRun") -> list[str]:
             except (UserError, OSError, StorageError, ModelNotAvailable) as exc:
                 loaded[key] = None
                 warnings.append(f"spec.{field}.source: {' '.join(str(exc).split())}")
-        questions = loaded[key]
+        questions, tok = loaded[key], toks[model_field]
         if not questions or tok is None:
             continue
         try:
             best = _longest_prompt(tok, questions, heads, spec.heuristics.fewShot)
         except Exception as exc:  # noqa: BLE001 - a broken tokenizer or chat template: a warning, not a crash
-            warnings.append(f"spec.model.name: prompts of the {label} could not be measured with the model's "
+            warnings.append(f"spec.{model_field}.name: prompts of the {label} could not be measured with the model's "
                             f"tokenizer ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); the engines "
                             f"will load the same files: check tokenizer.json / the chat template")
-            tok = None
+            toks[model_field] = None
             continue
         n, qid, h = best
+        limit = models[model_field].maxModelLen
         if n + max_tokens > limit:
             which = f"question {qid}" + (f", heuristic {h.id}" if h is not None else "")
-            fix = (f"lower it to <= {limit - n}, or raise spec.model.maxModelLen to >= {n + max_tokens}"
-                   if limit > n else f"raise spec.model.maxModelLen to >= {n + max_tokens}")
+            fix = (f"lower it to <= {limit - n}, or raise spec.{model_field}.maxModelLen to >= {n + max_tokens}"
+                   if limit > n else f"raise spec.{model_field}.maxModelLen to >= {n + max_tokens}")
             warnings.append(f"spec.{block}.maxTokens: the longest prompt of the {label} ({source.source}, {which}) "
-                            f"is {n} tokens, and with maxTokens {max_tokens} needs {n + max_tokens} > model.maxModelLen "
-                            f"({limit}): the engines refuse such requests; {fix}")
+                            f"is {n} tokens, and with maxTokens {max_tokens} needs {n + max_tokens} > "
+                            f"{model_field}.maxModelLen ({limit}): the engines refuse such requests; {fix}")
     return warnings
 
 
@@ -264,8 +271,12 @@ def check_inputs(run: "PolyaRun", path: str, reads: set[str] | None = None) -> N
 
     spec = run.spec
     sources = [("dataset.source", spec.dataset, "dataset")]
+    if spec.grpo.dataset is not None:
+        sources.append(("grpo.dataset.source", spec.grpo.dataset, "dataset"))
     sources += [(f"evaluation.benchmarks[{i}].source", b, "evaluation") for i, b in enumerate(spec.evaluation.benchmarks)]
     uris = [("storage.uri", spec.storage.uri), ("model.name", spec.model.name)]
+    if spec.selfGeneration.model is not None:
+        uris.append(("selfGeneration.model.name", spec.selfGeneration.model.name))
     if spec.filtering.rewardModel.name:
         uris.append(("filtering.rewardModel.name", spec.filtering.rewardModel.name))
     uris += [(field, source.source) for field, source, _ in sources]

@@ -101,9 +101,12 @@ class StageDef:
 _COMMON = ("model", "heuristics.fewShot", "seed")
 
 STAGES: dict[Stage, StageDef] = {s.name: s for s in (
-    StageDef(Stage.SELFGEN, "selfGeneration", (), _COMMON + ("dataset", "heuristics"),
+    StageDef(Stage.SELFGEN, "selfGeneration", (), ("heuristics.fewShot", "seed", "dataset", "heuristics"),
              _replicas("selfGeneration", "gpusPerReplica"), "polya.stages.selfgen",
-             summary="every (question, heuristic) x samplesPerHeuristic through the rollout app"),
+             summary="every (question, heuristic) x samplesPerHeuristic through the rollout app",
+             # the run's model writes the traces unless selfGeneration.model (in the section) does: students of
+             # one teacher share its traces
+             reads_when=lambda spec: ("model",) if spec.selfGeneration.model is None else ()),
     StageDef(Stage.FILTER, "filtering", (Stage.SELFGEN,), ("seed",),
              _replicas("filtering.rewardModel", "gpusPerReplica"), "polya.stages.filter",
              summary="verify answers, score adherence, keep the best correct trace per group",
@@ -113,8 +116,10 @@ STAGES: dict[Stage, StageDef] = {s.name: s for s in (
              _replicas("midTraining", "gpusPerWorker"), "polya.stages.midtrain", produces_model=True,
              summary="SFT of the base model on the kept traces (Ray Train + DeepSpeed)"),
     StageDef(Stage.GRPO, "grpo", (MODEL_SLOT,),
-             _COMMON + ("dataset", "filtering.verifyTimeoutSeconds"), _grpo_needs, "polya.stages.grpo",
-             produces_model=True, summary="GRPO: Serve rollouts, DeepSpeed learners, weights synced every step"),
+             _COMMON + ("filtering.verifyTimeoutSeconds",), _grpo_needs, "polya.stages.grpo",
+             produces_model=True, summary="GRPO: Serve rollouts, DeepSpeed learners, weights synced every step",
+             # its questions: grpo.dataset (in the section) where set, else the run's dataset
+             reads_when=lambda spec: ("dataset",) if spec.grpo.dataset is None else ()),
     StageDef(Stage.EVALUATE, "evaluation", (MODEL_SLOT,),
              _COMMON + ("heuristics", "filtering.verifyTimeoutSeconds"),
              _replicas("evaluation", "gpusPerReplica"), "polya.stages.evaluate",
