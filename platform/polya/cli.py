@@ -30,7 +30,7 @@ out = Console(highlight=False, soft_wrap=True)
 
 # ----------------------------------------------------------------------------------------------- validate
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from polya.validation import SpecError, load_manifest, run_documents, validate_doc
+    from polya.validation import SpecError, load_manifest, run_documents, sweep_documents, validate_doc
 
     failed = 0
     for path in args.files:
@@ -41,11 +41,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
                 console.print(f"[red]✗[/] {escape(line)}")
             failed += 1
             continue
-        runs = run_documents(docs)
-        if not runs:
-            console.print(f"[red]✗[/] {escape(path)}: no PolyaRun document found"
-                          + (" (the file is empty)" if not docs else " (check kind: PolyaRun)"))
+        runs, sweeps = run_documents(docs), sweep_documents(docs)
+        if not runs and not sweeps:
+            console.print(f"[red]✗[/] {escape(path)}: no PolyaRun or PolyaSweep document found"
+                          + (" (the file is empty)" if not docs else " (check kind: PolyaRun or PolyaSweep)"))
             failed += 1
+        for i, doc in enumerate(sweeps):
+            failed += not _validate_sweep(doc, path if len(sweeps) == 1 else f"{path}[sweep {i}]", args)
         for i, doc in enumerate(runs):
             run, errors = validate_doc(doc)
             where = path if len(runs) == 1 else f"{path}[{i}]"
@@ -62,6 +64,31 @@ def _cmd_validate(args: argparse.Namespace) -> int:
                 for warning in prompt_warnings(run):
                     console.print(f"[yellow]![/] {escape(where)}: warning: {escape(warning)}")
     return 1 if failed else 0
+
+
+def _validate_sweep(doc: dict, where: str, args: argparse.Namespace) -> bool:
+    """One PolyaSweep document: its errors (an arm's override named ``spec.arms[i].set.<path>``), or a line
+    saying what it expands to and the prompt warnings of each arm's child."""
+    from polya.sweep import children
+    from polya.validation import validate_sweep_doc
+
+    sweep, errors = validate_sweep_doc(doc)
+    for err in errors:
+        console.print(f"[red]✗[/] {escape(where)}: {escape(str(err))}")
+    if errors:
+        return False
+    kids = children(sweep)
+    out.print(f"[green]✓[/] {escape(where)}: PolyaSweep {escape(repr(sweep.metadata.name))} is valid "
+              f"({len(sweep.spec.arms)} arms x {len(sweep.spec.seeds)} seeds = {len(kids)} PolyaRuns)")
+    if not args.no_prompt_check:
+        said: set[str] = set()
+        for child in kids[:: len(sweep.spec.seeds)]:  # one child per arm: the seed changes no prompt
+            for warning in prompt_warnings(child):
+                if warning not in said:
+                    said.add(warning)
+                    console.print(f"[yellow]![/] {escape(where)}: {escape(child.metadata.name)}: warning: "
+                                  f"{escape(warning)}")
+    return True
 
 
 class FastTokenizer:
@@ -320,6 +347,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run_file(args.file, only=args.only, metrics_port=args.metrics_port, dry_run=args.dry_run)
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from polya.sweep_run import run_sweep
+    from polya.validation import load_sweep_file
+
+    sweep = load_sweep_file(args.file)  # SpecError: one line per problem
+    return run_sweep(sweep, args.file, dry_run=args.dry_run, verbose=bool(getattr(args, "verbose", False)))
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     import signal
     import threading
@@ -415,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, **kw: Any) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[verbose], **kw)
 
-    v = command("validate", help="check PolyaRun manifests against the spec")
+    v = command("validate", help="check PolyaRun and PolyaSweep manifests against the spec")
     v.add_argument("files", nargs="+")
     v.add_argument("--no-prompt-check", action="store_true",
                    help="skip measuring the prompts of local datasets against model.maxModelLen")
@@ -442,6 +477,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--metrics-port", type=PORT, default=None)
     r.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     r.set_defaults(func=_cmd_run)
+
+    w = command("sweep", help="run a PolyaSweep's child runs on this machine, then its report")
+    w.add_argument("file")
+    w.add_argument("--dry-run", action="store_true", help="print the child runs and exit")
+    w.set_defaults(func=_cmd_sweep)
 
     _serve_arguments(command("serve", help="serve a model with the OpenAI API (and /score) until interrupted"))
 

@@ -138,6 +138,8 @@ def _structural(node: Any) -> Any:
     node.pop("title", None)  # a merged anyOf option brings its model's title
     if node.get("additionalProperties") is False:
         del node["additionalProperties"]
+    if node.get("additionalProperties") is True:  # dict[str, Any] (a sweep arm's overrides): any JSON values
+        del node["additionalProperties"]  # -> x-kubernetes-preserve-unknown-fields below
     if "const" in node:
         node["enum"] = [node.pop("const")]
     for bound, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
