@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 from polya.analysis.chain_sample import even_sample, subsample
 from polya.analysis.composition import markdown, summarise, unseen
-from polya.analysis.heuristic_judge import judge_prompt, parse_judge_answer
+from polya.analysis.heuristic_judge import ANSWER_TOKENS, fit_prompt, judge_prompt, parse_judge_answer
 from polya.heuristics import CATALOGUE, CATALOGUE_IDS
 from polya.recipe import (ARMS, STAGES, Arm, PlannedStage, Stage, cache_key, lineage_step, midtraining_data, plan,
                           planned_keys)
@@ -58,6 +58,18 @@ def test_markdown_shows_pairs_triples_and_unseen():
     assert "never seen together in the mid-training data: 1 (50.0%" in text and "a + c (1)" in text
     assert "not measured" in "\n".join(markdown(summarise([{"a"}], ["a"]).to_dict()))
     assert len(markdown({"chains": 3, "rate": 0.5})) == 1  # an eval.json from before pairs were counted
+
+
+def test_the_run_report_shows_composition_per_model():
+    from polya.analysis import report
+
+    after = summarise([{"a", "b", "c"}, {"a"}], ["a", "b", "c"], reference=[{"a", "b"}]).to_dict()
+    before = summarise([{"a"}, set()], ["a", "b", "c"]).to_dict()
+    evals = {str(Arm.BASE): {"composition": before}, str(Arm.POLYA): {"composition": after}}
+    text = "\n".join(report._composition_section(evals))
+    assert "## Heuristic composition" in text and "| base model | 2 | 0.0% | 0.50 | 0 | 0 | - |" in text
+    assert "| Polya (SFT + GRPO) | 2 | 50.0% | 2.00 | 3 | 1 | 1 (50.0%) |" in text and "a + b + c (1)" in text
+    assert report._composition_section({str(Arm.BASE): {"composition": None}}) == []
 
 
 # ------------------------------------------------------------------------------------- chain sample
@@ -116,6 +128,23 @@ def test_judge_prompt_lists_the_whole_catalogue_and_the_chain_end():
     for i, h in enumerate(CATALOGUE):
         assert f"\n{i + 1}. {h.name} ({h.id}): {h.description}" in prompt
     assert prompt.count("x") < 5000 and "THE END" in prompt
+
+
+def test_the_judge_prompt_fits_the_judges_context():
+    class Tiny:
+        def apply_chat_template(self, messages):
+            return "<user>" + messages[-1]["content"]
+
+        def count_tokens(self, text):
+            return len(text) // 3
+
+    tiny = Tiny()
+    tiny.max_model_len = tiny.count_tokens(judge_prompt("")) + ANSWER_TOKENS + 500
+    prompt = fit_prompt("step. " * 2000 + "THE END", tiny)
+    assert tiny.count_tokens(prompt) + ANSWER_TOKENS <= tiny.max_model_len and prompt.endswith(
+        judge_prompt("THE END").split("THE END")[1]) and "THE END" in prompt
+    assert prompt.count("step.") > 200  # most of the room is used
+    assert fit_prompt("short chain", tiny) == "<user>" + judge_prompt("short chain")
 
 
 # ------------------------------------------------------------------------------------- labelled set

@@ -101,12 +101,27 @@ def parse_judge_answer(text: str, catalogue: Sequence[Heuristic] = CATALOGUE) ->
     return set()
 
 
+def fit_prompt(chain: str, engine, catalogue: Sequence[Heuristic] = CATALOGUE) -> str:
+    """The judge's chat prompt for ``chain``, the chain's start cut until prompt and answer fit the engine's
+    context (``max_model_len``); a context too small for the catalogue itself is left to the engine to refuse."""
+    keep = min(len(chain), CHAIN_CHARS)
+    limit = getattr(engine, "max_model_len", None)
+    while True:
+        text = judge_prompt(chain[len(chain) - keep:], catalogue)
+        prompt = engine.apply_chat_template([{"role": "user", "content": text}])
+        over = engine.count_tokens(prompt) + ANSWER_TOKENS - limit if limit else 0
+        if over <= 0 or keep == 0:
+            return prompt
+        per_token = keep / max(1, engine.count_tokens(chain[len(chain) - keep:]))  # the chain's own density
+        keep = max(0, keep - int(over * per_token) - 8)
+
+
 async def judge(chains: Sequence[str], engine, catalogue: Sequence[Heuristic] = CATALOGUE) -> list[set[str]]:
     """The catalogue ids each chain uses, as a generative judge (an Engine) names them."""
     from polya.engines.base import Sampling
 
     if not chains:
         return []
-    prompts = [engine.apply_chat_template([{"role": "user", "content": judge_prompt(c, catalogue)}]) for c in chains]
+    prompts = [fit_prompt(c, engine, catalogue) for c in chains]
     groups = await engine.generate(prompts, Sampling(temperature=0.0, max_tokens=ANSWER_TOKENS, logprobs=False))
     return [parse_judge_answer(g[0].text if g else "", catalogue) for g in groups]
