@@ -27,8 +27,11 @@ classifier; the pairs that co-occur in any of them are "seen". `summarise` takes
 optionally: without them (no lineage, or no artifact reachable) the ``unseen`` block is None.
 
 **Agreement of the embedding matcher with hand labels** (``tests/data/composition_labelled.jsonl``,
-64 chains, 0-3 heuristics each, labelled with catalogue ids; `tests/unit/test_composition.py`):
-MEASURED_AGREEMENT below. The matcher is a coarse instrument; use the judge for figures you report.
+64 chains, 0-3 heuristics each, labelled with catalogue ids; `tests/unit/test_composition.py`), at the
+default threshold 0.4: mean per-chain Jaccard 0.40, exact set 30% of chains, the ">= 2 heuristics"
+decision right for 62.5% of chains, composition rate 28% against the labels' 41% (at 0.35, the old
+default: Jaccard 0.25, rate 64%). 0.4 was chosen on this same set (in-sample; 0.45 ties on Jaccard but
+finds almost no compositions). The matcher is a coarse instrument; report figures from the judge.
 """
 from __future__ import annotations
 
@@ -36,9 +39,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Iterable, Sequence
-
-#: the embedding matcher against the hand-labelled set (measured, see the test): filled in by hand
-MEASURED_AGREEMENT = "not measured yet"
 
 Combo = tuple[str, ...]
 

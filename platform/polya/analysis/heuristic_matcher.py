@@ -30,7 +30,7 @@ def heuristics_used(step_sims: np.ndarray, threshold: float) -> set[int]:
     return {int(h) for s, h in enumerate(best) if step_sims[s, h] >= threshold}
 
 
-def match(chains: Sequence[str], threshold: float = 0.35, encoder: str | None = None,
+def match(chains: Sequence[str], threshold: float = 0.4, encoder: str | None = None,
           catalogue: Sequence[Heuristic] = CATALOGUE) -> list[set[str]]:
     """The catalogue ids each chain uses, by step-to-heuristic similarity."""
     from polya.analysis.embeddings import DEFAULT_ENCODER, embed
