@@ -174,21 +174,11 @@ def _longest_prompt(tok, questions: list, heads: list, few_shot: bool) -> tuple[
     return best
 
 
-def prompt_warnings(run: "PolyaRun") -> list[str]:
-    """`polya validate`'s warnings: local question files that cannot be loaded (missing, unreadable, no usable
-    question: the run would fail there), and each stage whose longest prompt, from a local question file or
-    builtin:arithmetic rendered as the stage renders it (`polya.heuristics.render_prompt` with the model's
-    tokenizer), would not fit beside its maxTokens in model.maxModelLen. Prompts are measured only where the
-    model's tokenizer is on this machine (a prepared built-in model, a local folder): nothing is downloaded."""
-    from polya.data import load_questions
+def _prompt_checks(spec) -> list[tuple[str, str, str, "QuestionSourceSpec", list, int, str]]:
+    """(block, label, field, question source, heuristics, maxTokens, model field) of every stage's prompts."""
     from polya.heuristics import select
-    from polya.models import ModelNotAvailable
     from polya.recipe import Arm
-    from polya.spec import uri_scheme
-    from polya.storage import StorageError
-    from polya.validation import UserError
 
-    spec = run.spec
     heuristics = list(select(spec.heuristics.count, spec.heuristics.names))
     writer = "selfGeneration.model" if spec.selfGeneration.model else "model"  # whose tokenizer renders the prompts
     rl_field = "grpo.dataset" if spec.grpo.dataset else "dataset"
@@ -201,6 +191,23 @@ def prompt_warnings(run: "PolyaRun") -> list[str]:
     for i, bench in enumerate(spec.evaluation.benchmarks):
         checks.append(("evaluation", f"benchmark {bench.name!r}", f"evaluation.benchmarks[{i}]", bench, [None],
                        spec.evaluation.maxTokens, "model"))
+    return checks
+
+
+def prompt_warnings(run: "PolyaRun") -> list[str]:
+    """`polya validate`'s warnings: local question files that cannot be loaded (missing, unreadable, no usable
+    question: the run would fail there), and each stage whose longest prompt, from a local question file or
+    builtin:arithmetic rendered as the stage renders it (`polya.heuristics.render_prompt` with the model's
+    tokenizer), would not fit beside its maxTokens in model.maxModelLen. Prompts are measured only where the
+    model's tokenizer is on this machine (a prepared built-in model, a local folder): nothing is downloaded."""
+    from polya.data import load_questions
+    from polya.models import ModelNotAvailable
+    from polya.spec import uri_scheme
+    from polya.storage import StorageError
+    from polya.validation import UserError
+
+    spec = run.spec
+    checks = _prompt_checks(spec)
     models = {"model": spec.model, "selfGeneration.model": spec.generator()}
     warnings, loaded, toks = [], {}, {}
     for block, label, field, source, heads, max_tokens, model_field in checks:

@@ -47,6 +47,10 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+#: the base of every resource model (unknown fields refused): `polya.sweep` builds the PolyaSweep on it too
+StrictModel = _Model
+
+
 class NotInKey:
     """Field metadata (``Annotated[T, NOT_IN_KEY]``): the field says where or how fast work runs (replicas,
     GPUs, checkpoint cadence, transport), not what it computes, so it stays out of stage cache keys. Every

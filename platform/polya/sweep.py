@@ -26,7 +26,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from polya.spec import API_GROUP, API_VERSION, MAX_RUN_NAME, ObjectMeta, PolyaRun, PolyaRunSpec, _Model
+from polya.spec import API_GROUP, API_VERSION, MAX_RUN_NAME, ObjectMeta, PolyaRun, PolyaRunSpec
+from polya.spec import StrictModel as _Model
 
 SWEEP_KIND = "PolyaSweep"
 SWEEP_PLURAL = "polyasweeps"
@@ -142,10 +143,12 @@ class PolyaSweep(_Model):
             try:
                 child_spec(self.spec, arm, self.spec.seeds[0], self.metadata.name)
             except ValidationError as exc:
-                for err in exc.errors(include_url=False):
-                    errors.append({"type": "value_error", "loc": ("spec", "arms", i, "set", *err["loc"]),
-                                   "input": err.get("input"),
-                                   "ctx": {"error": ValueError(err["msg"].removeprefix("Value error, "))}})
+                for err in exc.errors(include_url=False):  # the child's own error types (a typo keeps its
+                    # "did you mean"), at the arm's path
+                    moved = {"type": err["type"], "loc": ("spec", "arms", i, "set", *err["loc"]), "input": err.get("input")}
+                    if "ctx" in err:
+                        moved["ctx"] = err["ctx"]
+                    errors.append(moved)
             except ValueError as exc:
                 errors.append({"type": "value_error", "loc": ("spec", "arms", i, "set"), "input": arm.set,
                                "ctx": {"error": exc}})

@@ -78,7 +78,8 @@ def test_child_manifest_is_owned_by_the_sweep(local_doc):
     (lambda s: s["arms"][0]["set"].update({"heuristics.count.x": 3}), "not an object"),
     (lambda s: s["arms"].append({"name": "n4"}), "arm names must be unique"),
     (lambda s: s.update(seeds=[1, 1]), "seeds must be unique"),
-    (lambda s: s["arms"][0].update(name="a-very-long-arm-name-x"), "shorten the sweep's or the arm's name"),
+    (lambda s: s.update(seeds=[0, 1234567890123]) or s["arms"][0].update(name="a-very-long-arm-name-x"),
+     "spec.arms[0].name: child PolyaRun 'n-vs-q-a-very-long-arm-name-x-s1234567890123' would be 44 characters"),
     (lambda s: s.update(arms=[]), "spec.arms: "),
     (lambda s: s["template"].pop("model"), "spec.template.model: required field is missing"),
 ])
