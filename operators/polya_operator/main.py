@@ -1,5 +1,7 @@
 """The thin I/O layer: kopf watches PolyaRuns and their RayJobs; each event or timer tick reads the run
 and its children from the API server, calls the pure `reconcile`, and writes back what it decided.
+PolyaSweeps likewise: a sweep's events and its child PolyaRuns' phase changes call the pure
+`reconcile_sweep`, which decides the children to create and the sweep's status.
 
     polya-operator [--namespace NS | --all-namespaces] [--metrics-port 8080] [--image IMG]
 
@@ -24,11 +26,13 @@ from kubernetes.client.rest import ApiException
 
 from polya.recipe import PlannedStage
 from polya.spec import TERMINAL_RUN_PHASES, StageStatus
+from polya.sweep import LABEL_SWEEP, SWEEP_PLURAL
 
 from polya_operator import metrics as M
-from polya_operator.children import (LABEL_RUN, RAY_GROUP, RAY_VERSION, RUN_GROUP, RUN_PLURAL, RUN_VERSION, Defaults,
-                                     configmap_name, rayservice_name)
+from polya_operator.children import (LABEL_RUN, RAY_GROUP, RAY_VERSION, RUN_GROUP, RUN_KIND, RUN_PLURAL, RUN_VERSION,
+                                     Defaults, configmap_name, rayservice_name)
 from polya_operator.reconcile import VALIDATION_FAILED, Observed, reconcile
+from polya_operator.sweep import reconcile_sweep
 
 log = logging.getLogger("polya-operator")
 TIMER_S = float(os.environ.get("POLYA_OPERATOR_TIMER_S", "10"))
@@ -143,14 +147,15 @@ def _cached_lookup(run: dict[str, Any]):
     stores: a local path or file:// names a volume of the stage pods, not a folder of the operator's."""
     from polya import storage
 
-    if not storage.is_remote(run["spec"]["storage"]["uri"]):
+    if not storage.is_remote(run["spec"]["storage"].get("artifacts") or run["spec"]["storage"]["uri"]):
         return lambda stage, key: None
 
     def lookup(stage: str, key: str) -> dict[str, Any] | None:
         from polya.artifacts import ArtifactStore
 
         try:
-            art = ArtifactStore(run["spec"]["storage"]["uri"]).artifact(stage, key)
+            where = run["spec"]["storage"]
+            art = ArtifactStore(where.get("artifacts") or where["uri"]).artifact(stage, key)
             if not art.exists():
                 return None
             return {"artifactUri": art.uri, "figures": art.manifest().get("figures") or {}}
@@ -195,11 +200,13 @@ def _delete(custom, ns: str, kind: str, name: str) -> None:
 
 
 def _event(core, run: dict[str, Any], etype: str, reason: str, message: str) -> None:
+    """An Event about ``run`` (a PolyaRun, or a PolyaSweep: its own apiVersion and kind)."""
     now = datetime.now(timezone.utc)
     meta = run["metadata"]
     body = {
         "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-        "involvedObject": {"apiVersion": f"{RUN_GROUP}/{RUN_VERSION}", "kind": "PolyaRun", "name": meta["name"],
+        "involvedObject": {"apiVersion": run.get("apiVersion", f"{RUN_GROUP}/{RUN_VERSION}"),
+                           "kind": run.get("kind", "PolyaRun"), "name": meta["name"],
                            "namespace": meta["namespace"], "uid": meta["uid"]},
         "type": etype, "reason": reason, "message": message[:1000],
         "firstTimestamp": now.isoformat(), "lastTimestamp": now.isoformat(), "count": 1,
@@ -319,23 +326,131 @@ def _guarded(ns: str, name: str) -> None:
         log.info("%s/%s: next attempt in %.0fs", ns, name, wait)
 
 
-class Scheduler:
-    """Re-reconciles runs that are not finished: at a decided time (a retry's backoff) and otherwise every
-    ``TIMER_S`` (a safety net for a missed watch event). A plain thread, not a kopf timer: kopf puts its
-    finalizer on every object a timer watches (kopf issue 1074), so a run could not be deleted without the
-    operator."""
+# -------------------------------------------------------------------------------------------- sweeps
+class SweepCache:
+    """Each sweep's child PolyaRuns (those labelled with it) from the PolyaRun watch and the operator's own
+    creates, so a sweep's reconcile lists nothing. A stale entry costs at most a 409 on create (then read)."""
 
     def __init__(self) -> None:
-        self._due: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+        self.children: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}  # (ns, sweep) -> name -> body
+
+    def child_event(self, ns: str, body: dict[str, Any], deleted: bool) -> bool:
+        """Record a watch event; True when what the sweep's status reads changed (existence, phase, spec)."""
+        meta = body["metadata"]
+        with self._lock:
+            kids = self.children.setdefault((ns, meta["labels"][LABEL_SWEEP]), {})
+            old = kids.get(meta["name"])
+            if deleted:
+                return kids.pop(meta["name"], None) is not None
+            if old is not None and _rv(body) < _rv(old):
+                return False
+            kids[meta["name"]] = body
+            return old is None or _digest(old) != _digest(body)
+
+    def of(self, ns: str, sweep: str) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return dict(self.children.get((ns, sweep), {}))
+
+    def forget(self, ns: str, sweep: str) -> None:
+        with self._lock:
+            self.children.pop((ns, sweep), None)
+
+
+def _digest(body: dict[str, Any]) -> tuple[Any, ...]:
+    meta = body["metadata"]
+    return meta.get("uid"), meta.get("generation"), (body.get("status") or {}).get("phase")
+
+
+_sweeps = SweepCache()
+
+
+def _create_child(custom, ns: str, obj: dict[str, Any]) -> dict[str, Any] | None:
+    """Create a sweep's child PolyaRun; on 409 return the PolyaRun that has its name (None: created)."""
+    try:
+        made = custom.create_namespaced_custom_object(RUN_GROUP, RUN_VERSION, ns, RUN_PLURAL, obj)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        return custom.get_namespaced_custom_object(RUN_GROUP, RUN_VERSION, ns, RUN_PLURAL, obj["metadata"]["name"])
+    M.CHILDREN_CREATED.labels(RUN_KIND).inc()
+    _sweeps.child_event(ns, made, deleted=False)
+    return None
+
+
+def reconcile_sweep_one(ns: str, name: str) -> None:
+    """Read the sweep, decide from its cached children, create the missing ones, write its status."""
+    custom, core = _clients()
+    with _lock(ns, f"{SWEEP_PLURAL}/{name}"):
+        try:
+            sweep = custom.get_namespaced_custom_object(RUN_GROUP, RUN_VERSION, ns, SWEEP_PLURAL, name)
+        except ApiException as exc:
+            if exc.status == 404:
+                _sweeps.forget(ns, name)
+                _scheduler.track(ns, name, False, kind=SWEEP)
+                return
+            raise
+        if sweep["metadata"].get("deletionTimestamp"):
+            return
+        decision = reconcile_sweep(sweep, _sweeps.of(ns, name))
+        found = {}  # namesakes a create ran into (a lagging cache, or a PolyaRun the sweep does not own)
+        for obj in decision.create:
+            there = _create_child(custom, ns, obj)
+            if there is not None:
+                found[there["metadata"]["name"]] = there
+                if (there["metadata"].get("labels") or {}).get(LABEL_SWEEP) == name:
+                    _sweeps.child_event(ns, there, deleted=False)
+        if found:  # decide the status again with what is really there
+            again = reconcile_sweep(sweep, {**_sweeps.of(ns, name), **found})
+            decision.status, decision.blocked = again.status, again.blocked
+        old = sweep.get("status") or {}
+        if decision.status != old:
+            patch = {**{k: None for k in old if k not in decision.status}, **decision.status}
+            custom.patch_namespaced_custom_object_status(RUN_GROUP, RUN_VERSION, ns, SWEEP_PLURAL, name,
+                                                         {"status": patch})
+        for ev in decision.events:
+            _event(core, sweep, ev.type, ev.reason, ev.message)
+        # a namesake the sweep does not own may go away (garbage collection): look again later
+        _scheduler.track(ns, name, bool(decision.blocked), kind=SWEEP)
+
+
+def _guarded_sweep(ns: str, name: str) -> None:
+    if _stop.is_set():
+        return
+    try:
+        reconcile_sweep_one(ns, name)
+    except ApiException as exc:
+        M.RECONCILE_ERRORS.labels(f"api-{exc.status}").inc()
+        log.warning("sweep %s/%s: API error %s: %s (retrying)", ns, name, exc.status, exc.reason)
+        _scheduler.track(ns, name, True, 5.0, kind=SWEEP)
+    except Exception as exc:  # noqa: BLE001 - logged and retried; one sweep's bug never stops the others
+        M.RECONCILE_ERRORS.labels(type(exc).__name__).inc()
+        log.exception("sweep %s/%s: reconcile failed (retrying)", ns, name)
+        _scheduler.track(ns, name, True, 30.0, kind=SWEEP)
+
+
+#: what a queued reconcile is of (the scheduler's and the queue's keys are (kind, namespace, name))
+RUN, SWEEP = "run", "sweep"
+
+
+class Scheduler:
+    """Re-reconciles runs that are not finished: at a decided time (a retry's backoff) and otherwise every
+    ``TIMER_S`` (a safety net for a missed watch event); and sweeps whose last reconcile asked for a retry.
+    A plain thread, not a kopf timer: kopf puts its finalizer on every object a timer watches (kopf issue
+    1074), so a run could not be deleted without the operator."""
+
+    def __init__(self) -> None:
+        self._due: dict[tuple[str, str, str], float] = {}
         self._lock = threading.Lock()
 
-    def track(self, ns: str, name: str, active: bool, after: float | None = None) -> None:
+    def track(self, ns: str, name: str, active: bool, after: float | None = None, kind: str = RUN) -> None:
+        key = (kind, ns, name)
         with self._lock:
             if not active:
-                self._due.pop((ns, name), None)
+                self._due.pop(key, None)
             else:  # the earlier of what is already wanted and what this asks for
                 at = time.monotonic() + min(after or TIMER_S, TIMER_S)
-                self._due[(ns, name)] = min(at, self._due.get((ns, name), at))
+                self._due[key] = min(at, self._due.get(key, at))
 
     def loop(self) -> None:
         while not _stop.wait(min(1.0, TIMER_S)):
@@ -344,26 +459,28 @@ class Scheduler:
                 due = [key for key, at in self._due.items() if at <= now]
                 for key in due:
                     self._due[key] = now + TIMER_S  # until the reconcile decides otherwise
-            for ns, name in due:
-                _submit(ns, name)
+            for kind, ns, name in due:
+                _submit(ns, name, kind)
 
 
 _scheduler = Scheduler()
-_queued: set[tuple[str, str]] = set()
+_queued: set[tuple[str, str, str]] = set()
 _queued_guard = threading.Lock()
 
 
-def _submit(ns: str, name: str) -> None:
-    """Queue one reconcile of a run, unless one is already queued (a burst of events needs one pass)."""
+def _submit(ns: str, name: str, kind: str = RUN) -> None:
+    """Queue one reconcile of a run (or a sweep), unless one is already queued (a burst of events needs one
+    pass)."""
+    key = (kind, ns, name)
     with _queued_guard:
-        if (ns, name) in _queued or _stop.is_set():
+        if key in _queued or _stop.is_set():
             return
-        _queued.add((ns, name))
+        _queued.add(key)
 
     def work() -> None:
         with _queued_guard:
-            _queued.discard((ns, name))
-        _guarded(ns, name)
+            _queued.discard(key)
+        (_guarded_sweep if kind == SWEEP else _guarded)(ns, name)
 
     try:
         _pool.submit(work)
@@ -425,6 +542,27 @@ def on_rayservice(body: dict, namespace: str, type: str | None, **_: Any) -> Non
         _cache.rayservices.discard(key)
     else:
         _cache.rayservices.add(key)
+
+
+@kopf.on.event(RUN_GROUP, RUN_VERSION, SWEEP_PLURAL)
+def on_sweep(body: dict, type: str | None, namespace: str, name: str, **_: Any) -> None:
+    """A new sweep, one seen at startup or a spec edit gets a reconcile (not the operator's status patches);
+    a deleted one's children go with it (owner references + GC)."""
+    if type == "DELETED":
+        _sweeps.forget(namespace, name)
+        _scheduler.track(namespace, name, False, kind=SWEEP)
+        return
+    meta, status = body.get("metadata") or {}, body.get("status") or {}
+    if type in (None, "ADDED") or meta.get("generation") != status.get("observedGeneration"):
+        _submit(namespace, name, SWEEP)
+
+
+@kopf.on.event(RUN_GROUP, RUN_VERSION, RUN_PLURAL, labels={LABEL_SWEEP: kopf.PRESENT})
+def on_sweep_child(body: dict, type: str | None, namespace: str, **_: Any) -> None:
+    """A sweep's child PolyaRun (it is also a run, reconciled by `on_run`): its sweep's status follows its
+    phase, and a deleted child is created again."""
+    if _sweeps.child_event(namespace, body, deleted=type == "DELETED"):
+        _submit(namespace, body["metadata"]["labels"][LABEL_SWEEP], SWEEP)
 
 
 @kopf.on.probe(id="runs")

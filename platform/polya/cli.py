@@ -30,7 +30,7 @@ out = Console(highlight=False, soft_wrap=True)
 
 # ----------------------------------------------------------------------------------------------- validate
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from polya.validation import SpecError, load_manifest, run_documents, validate_doc
+    from polya.validation import SpecError, load_manifest, run_documents, sweep_documents, validate_doc
 
     failed = 0
     for path in args.files:
@@ -41,11 +41,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
                 console.print(f"[red]✗[/] {escape(line)}")
             failed += 1
             continue
-        runs = run_documents(docs)
-        if not runs:
-            console.print(f"[red]✗[/] {escape(path)}: no PolyaRun document found"
-                          + (" (the file is empty)" if not docs else " (check kind: PolyaRun)"))
+        runs, sweeps = run_documents(docs), sweep_documents(docs)
+        if not runs and not sweeps:
+            console.print(f"[red]✗[/] {escape(path)}: no PolyaRun or PolyaSweep document found"
+                          + (" (the file is empty)" if not docs else " (check kind: PolyaRun or PolyaSweep)"))
             failed += 1
+        for i, doc in enumerate(sweeps):
+            failed += not _validate_sweep(doc, path if len(sweeps) == 1 else f"{path}[sweep {i}]", args)
         for i, doc in enumerate(runs):
             run, errors = validate_doc(doc)
             where = path if len(runs) == 1 else f"{path}[{i}]"
@@ -62,6 +64,31 @@ def _cmd_validate(args: argparse.Namespace) -> int:
                 for warning in prompt_warnings(run):
                     console.print(f"[yellow]![/] {escape(where)}: warning: {escape(warning)}")
     return 1 if failed else 0
+
+
+def _validate_sweep(doc: dict, where: str, args: argparse.Namespace) -> bool:
+    """One PolyaSweep document: its errors (an arm's override named ``spec.arms[i].set.<path>``), or a line
+    saying what it expands to and the prompt warnings of each arm's child."""
+    from polya.sweep import children
+    from polya.validation import validate_sweep_doc
+
+    sweep, errors = validate_sweep_doc(doc)
+    for err in errors:
+        console.print(f"[red]✗[/] {escape(where)}: {escape(str(err))}")
+    if errors:
+        return False
+    kids = children(sweep)
+    out.print(f"[green]✓[/] {escape(where)}: PolyaSweep {escape(repr(sweep.metadata.name))} is valid "
+              f"({len(sweep.spec.arms)} arms x {len(sweep.spec.seeds)} seeds = {len(kids)} PolyaRuns)")
+    if not args.no_prompt_check:
+        said: set[str] = set()
+        for child in kids[:: len(sweep.spec.seeds)]:  # one child per arm: the seed changes no prompt
+            for warning in prompt_warnings(child):
+                if warning not in said:
+                    said.add(warning)
+                    console.print(f"[yellow]![/] {escape(where)}: {escape(child.metadata.name)}: warning: "
+                                  f"{escape(warning)}")
+    return True
 
 
 class FastTokenizer:
@@ -147,6 +174,26 @@ def _longest_prompt(tok, questions: list, heads: list, few_shot: bool) -> tuple[
     return best
 
 
+def _prompt_checks(spec) -> list[tuple[str, str, str, "QuestionSourceSpec", list, int, str]]:
+    """(block, label, field, question source, heuristics, maxTokens, model field) of every stage's prompts."""
+    from polya.heuristics import select
+    from polya.recipe import Arm
+
+    heuristics = list(select(spec.heuristics.count, spec.heuristics.names))
+    writer = "selfGeneration.model" if spec.selfGeneration.model else "model"  # whose tokenizer renders the prompts
+    rl_field = "grpo.dataset" if spec.grpo.dataset else "dataset"
+    checks: list[tuple[str, str, str, "QuestionSourceSpec", list, int, str]] = [
+        ("selfGeneration", "dataset", "dataset", spec.dataset,  # STaR generates without a heuristic
+         heuristics + ([None] if Arm.STAR in spec.baselines else []), spec.selfGeneration.maxTokens, writer)]
+    if spec.grpo.enabled:
+        checks.append(("grpo.rollout", rl_field, rl_field, spec.rl_dataset(), [None], spec.grpo.rollout.maxTokens,
+                       "model"))
+    for i, bench in enumerate(spec.evaluation.benchmarks):
+        checks.append(("evaluation", f"benchmark {bench.name!r}", f"evaluation.benchmarks[{i}]", bench, [None],
+                       spec.evaluation.maxTokens, "model"))
+    return checks
+
+
 def prompt_warnings(run: "PolyaRun") -> list[str]:
     """`polya validate`'s warnings: local question files that cannot be loaded (missing, unreadable, no usable
     question: the run would fail there), and each stage whose longest prompt, from a local question file or
@@ -154,28 +201,21 @@ def prompt_warnings(run: "PolyaRun") -> list[str]:
     tokenizer), would not fit beside its maxTokens in model.maxModelLen. Prompts are measured only where the
     model's tokenizer is on this machine (a prepared built-in model, a local folder): nothing is downloaded."""
     from polya.data import load_questions
-    from polya.heuristics import select
     from polya.models import ModelNotAvailable
-    from polya.recipe import Arm
     from polya.spec import uri_scheme
     from polya.storage import StorageError
     from polya.validation import UserError
 
     spec = run.spec
-    tok, bad_tokenizer = _readable_tokenizer(spec.model)
-    heuristics = list(select(spec.heuristics.count, spec.heuristics.names))
-    checks: list[tuple[str, str, str, "QuestionSourceSpec", list, int]] = [
-        ("selfGeneration", "dataset", "dataset", spec.dataset,  # STaR generates without a heuristic
-         heuristics + ([None] if Arm.STAR in spec.baselines else []), spec.selfGeneration.maxTokens)]
-    if spec.grpo.enabled:
-        checks.append(("grpo.rollout", "dataset", "dataset", spec.dataset, [None], spec.grpo.rollout.maxTokens))
-    for i, bench in enumerate(spec.evaluation.benchmarks):
-        checks.append(("evaluation", f"benchmark {bench.name!r}", f"evaluation.benchmarks[{i}]", bench, [None],
-                       spec.evaluation.maxTokens))
-    limit, warnings, loaded = spec.model.maxModelLen, bad_tokenizer, {}
-    for block, label, field, source, heads, max_tokens in checks:
+    checks = _prompt_checks(spec)
+    models = {"model": spec.model, "selfGeneration.model": spec.generator()}
+    warnings, loaded, toks = [], {}, {}
+    for block, label, field, source, heads, max_tokens, model_field in checks:
         if source.source != "builtin:arithmetic" and uri_scheme(source.source) not in (None, "file"):
             continue  # hub and object-store sources are read where the run runs
+        if model_field not in toks:
+            toks[model_field], bad = _readable_tokenizer(models[model_field])
+            warnings += [w.replace("spec.model.name", f"spec.{model_field}.name") for w in bad]
         key = field
         if key not in loaded:
             try:
@@ -183,25 +223,26 @@ def prompt_warnings(run: "PolyaRun") -> list[str]:
             except (UserError, OSError, StorageError, ModelNotAvailable) as exc:
                 loaded[key] = None
                 warnings.append(f"spec.{field}.source: {' '.join(str(exc).split())}")
-        questions = loaded[key]
+        questions, tok = loaded[key], toks[model_field]
         if not questions or tok is None:
             continue
         try:
             best = _longest_prompt(tok, questions, heads, spec.heuristics.fewShot)
         except Exception as exc:  # noqa: BLE001 - a broken tokenizer or chat template: a warning, not a crash
-            warnings.append(f"spec.model.name: prompts of the {label} could not be measured with the model's "
+            warnings.append(f"spec.{model_field}.name: prompts of the {label} could not be measured with the model's "
                             f"tokenizer ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); the engines "
                             f"will load the same files: check tokenizer.json / the chat template")
-            tok = None
+            toks[model_field] = None
             continue
         n, qid, h = best
+        limit = models[model_field].maxModelLen
         if n + max_tokens > limit:
             which = f"question {qid}" + (f", heuristic {h.id}" if h is not None else "")
-            fix = (f"lower it to <= {limit - n}, or raise spec.model.maxModelLen to >= {n + max_tokens}"
-                   if limit > n else f"raise spec.model.maxModelLen to >= {n + max_tokens}")
+            fix = (f"lower it to <= {limit - n}, or raise spec.{model_field}.maxModelLen to >= {n + max_tokens}"
+                   if limit > n else f"raise spec.{model_field}.maxModelLen to >= {n + max_tokens}")
             warnings.append(f"spec.{block}.maxTokens: the longest prompt of the {label} ({source.source}, {which}) "
-                            f"is {n} tokens, and with maxTokens {max_tokens} needs {n + max_tokens} > model.maxModelLen "
-                            f"({limit}): the engines refuse such requests; {fix}")
+                            f"is {n} tokens, and with maxTokens {max_tokens} needs {n + max_tokens} > "
+                            f"{model_field}.maxModelLen ({limit}): the engines refuse such requests; {fix}")
     return warnings
 
 
@@ -264,8 +305,12 @@ def check_inputs(run: "PolyaRun", path: str, reads: set[str] | None = None) -> N
 
     spec = run.spec
     sources = [("dataset.source", spec.dataset, "dataset")]
+    if spec.grpo.dataset is not None:
+        sources.append(("grpo.dataset.source", spec.grpo.dataset, "dataset"))
     sources += [(f"evaluation.benchmarks[{i}].source", b, "evaluation") for i, b in enumerate(spec.evaluation.benchmarks)]
     uris = [("storage.uri", spec.storage.uri), ("model.name", spec.model.name)]
+    if spec.selfGeneration.model is not None:
+        uris.append(("selfGeneration.model.name", spec.selfGeneration.model.name))
     if spec.filtering.rewardModel.name:
         uris.append(("filtering.rewardModel.name", spec.filtering.rewardModel.name))
     uris += [(field, source.source) for field, source, _ in sources]
@@ -307,6 +352,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if not args.dry_run:
         _preflight(run, args.file)  # before the plan is printed: a run that cannot start says why in one line
     return run_file(args.file, only=args.only, metrics_port=args.metrics_port, dry_run=args.dry_run)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from polya.sweep_run import run_sweep
+    from polya.validation import load_sweep_file
+
+    sweep = load_sweep_file(args.file)  # SpecError: one line per problem
+    return run_sweep(sweep, args.file, dry_run=args.dry_run, verbose=bool(getattr(args, "verbose", False)))
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -404,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, **kw: Any) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[verbose], **kw)
 
-    v = command("validate", help="check PolyaRun manifests against the spec")
+    v = command("validate", help="check PolyaRun and PolyaSweep manifests against the spec")
     v.add_argument("files", nargs="+")
     v.add_argument("--no-prompt-check", action="store_true",
                    help="skip measuring the prompts of local datasets against model.maxModelLen")
@@ -431,6 +484,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--metrics-port", type=PORT, default=None)
     r.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     r.set_defaults(func=_cmd_run)
+
+    w = command("sweep", help="run a PolyaSweep's child runs on this machine, then its report")
+    w.add_argument("file")
+    w.add_argument("--dry-run", action="store_true", help="print the child runs and exit")
+    w.set_defaults(func=_cmd_sweep)
 
     _serve_arguments(command("serve", help="serve a model with the OpenAI API (and /score) until interrupted"))
 

@@ -42,7 +42,7 @@ def execute(run: PolyaRun, only: str | None = None, progress: bool | None = None
     if found:
         return 1
     live = sys.stderr.isatty() if progress is None else progress
-    store = ArtifactStore(run.spec.storage.uri)
+    store = ArtifactStore(run.spec.storage.artifact_root())
     done: dict = {}
     results: dict = {}
     steps = plan(run.spec)
@@ -80,7 +80,7 @@ def execute(run: PolyaRun, only: str | None = None, progress: bool | None = None
             write_result(run.spec.storage.uri, step.key, result.artifact_uri, result.figures)
             view.finish(step, result, seconds)
     if report and not only:
-        _report(run, results, store.child("report"), live)
+        _report(run, results, ArtifactStore(run.spec.storage.uri).child("report"), live)  # the run's own folder
     return 0
 
 

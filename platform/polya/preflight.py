@@ -28,6 +28,8 @@ def problems(run: PolyaRun) -> list[str]:
     spec = run.spec
     found = [p for p in [_storage(spec.storage.uri)] if p]
     models = [(spec.model.name, spec.model.revision, "model.name")]
+    if spec.selfGeneration.model is not None:
+        models.append((spec.selfGeneration.model.name, spec.selfGeneration.model.revision, "selfGeneration.model.name"))
     rm = spec.filtering.rewardModel
     if rm.name:
         models.append((rm.name, None, "filtering.rewardModel.name"))

@@ -101,9 +101,12 @@ class StageDef:
 _COMMON = ("model", "heuristics.fewShot", "seed")
 
 STAGES: dict[Stage, StageDef] = {s.name: s for s in (
-    StageDef(Stage.SELFGEN, "selfGeneration", (), _COMMON + ("dataset", "heuristics"),
+    StageDef(Stage.SELFGEN, "selfGeneration", (), ("heuristics.fewShot", "seed", "dataset", "heuristics"),
              _replicas("selfGeneration", "gpusPerReplica"), "polya.stages.selfgen",
-             summary="every (question, heuristic) x samplesPerHeuristic through the rollout app"),
+             summary="every (question, heuristic) x samplesPerHeuristic through the rollout app",
+             # the run's model writes the traces unless selfGeneration.model (in the section) does: students of
+             # one teacher share its traces
+             reads_when=lambda spec: ("model",) if spec.selfGeneration.model is None else ()),
     StageDef(Stage.FILTER, "filtering", (Stage.SELFGEN,), ("seed",),
              _replicas("filtering.rewardModel", "gpusPerReplica"), "polya.stages.filter",
              summary="verify answers, score adherence, keep the best correct trace per group",
@@ -113,10 +116,13 @@ STAGES: dict[Stage, StageDef] = {s.name: s for s in (
              _replicas("midTraining", "gpusPerWorker"), "polya.stages.midtrain", produces_model=True,
              summary="SFT of the base model on the kept traces (Ray Train + DeepSpeed)"),
     StageDef(Stage.GRPO, "grpo", (MODEL_SLOT,),
-             _COMMON + ("dataset", "filtering.verifyTimeoutSeconds"), _grpo_needs, "polya.stages.grpo",
-             produces_model=True, summary="GRPO: Serve rollouts, DeepSpeed learners, weights synced every step"),
+             _COMMON + ("filtering.verifyTimeoutSeconds",), _grpo_needs, "polya.stages.grpo",
+             produces_model=True, summary="GRPO: Serve rollouts, DeepSpeed learners, weights synced every step",
+             # its questions: grpo.dataset (in the section) where set, else the run's dataset
+             reads_when=lambda spec: ("dataset",) if spec.grpo.dataset is None else ()),
     StageDef(Stage.EVALUATE, "evaluation", (MODEL_SLOT,),
-             _COMMON + ("heuristics", "filtering.verifyTimeoutSeconds"),
+             # no "heuristics": composition classifies against the whole catalogue, prompts carry none
+             _COMMON + ("filtering.verifyTimeoutSeconds",),
              _replicas("evaluation", "gpusPerReplica"), "polya.stages.evaluate",
              summary="unbiased pass@k on the benchmarks, composition analysis",
              # the composition judge is filtering's reward model: it matters only when the judge classifies
@@ -214,6 +220,42 @@ def inputs_for(step: PlannedStage, done: dict[str, Any], steps: list[PlannedStag
         else:
             inputs[slot] = done[PlannedStage(step.arm, Stage(slot)).key]
     return inputs
+
+
+def planned_keys(spec: "PolyaRunSpec") -> dict[str, str]:
+    """Step key -> the cache key of every planned step's artifact. Every input is an earlier planned step, so
+    all keys follow from the spec (as the embedded runner and the operator find them step by step)."""
+    steps = plan(spec)
+    ids: dict[str, str] = {}
+    keys: dict[str, str] = {}
+    for step in steps:
+        try:
+            inputs = inputs_for(step, ids, steps)
+        except KeyError:
+            continue
+        keys[step.key] = cache_key(step.definition, spec, ARMS[step.arm], inputs)
+        ids[step.key] = f"{step.stage}:{keys[step.key]}"
+    return keys
+
+
+def lineage_step(arm: Arm, stage: Stage, upto: Stage | None = None) -> PlannedStage | None:
+    """The ``stage`` step in the line of models ``arm`` continues: the arm's own (up to ``upto``, inclusive),
+    else that of the arm it starts from, up to the step it starts from; None when the line has no such stage
+    (whether the step is planned is the spec's business: `planned_keys`)."""
+    a = ARMS[arm]
+    own = a.stages[: a.stages.index(upto) + 1] if upto in a.stages else a.stages
+    if stage in own:
+        return PlannedStage(arm, stage)
+    if a.starts_from is None:
+        return None
+    anchor_arm, anchor_stage = a.starts_from
+    return lineage_step(anchor_arm, stage, upto=anchor_stage)
+
+
+def midtraining_data(arm: Arm) -> PlannedStage | None:
+    """The filter step whose kept traces mid-trained the models of ``arm`` (None: no mid-training in its line)."""
+    mid = lineage_step(arm, Stage.MIDTRAIN)
+    return PlannedStage(mid.arm, Stage.FILTER) if mid and Stage.FILTER in STAGES[Stage.MIDTRAIN].inputs else None
 
 
 # --------------------------------------------------------------------------------------- cache key

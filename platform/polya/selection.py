@@ -6,6 +6,11 @@
   that shows incorrect-but-diverse traces hurt.
 * ``star`` mode (STaR baseline): one correct trace per question, heuristic ignored: the most adherent if
   scores exist, else the first by sample index.
+* ``keep="incorrect"`` (the paper's incorrect-trace ablation): the same groups, but each keeps its most
+  adherent *incorrect* trace and no correct one; ``incorrect_per_question`` = m keeps, per question, a seeded
+  sample of m of those groups (m incorrect approaches per question; all of them by default). The sample for
+  a question depends only on the seed and the question, so arms with different m share their choices'
+  prefix logic deterministically and a rerun keeps the same traces.
 """
 from __future__ import annotations
 
@@ -35,16 +40,37 @@ def _best(group: list[Candidate]) -> Candidate:
     return min(group, key=Candidate.rank)
 
 
+def _incorrect_only(groups: dict[tuple[str, str], list[Candidate]], per_question: int | None, seed: int) -> list[int]:
+    picks: dict[str, list[Candidate]] = {}
+    for key in sorted(groups):
+        wrong = [c for c in groups[key] if not c.correct]
+        if wrong:
+            picks.setdefault(key[0], []).append(_best(wrong))
+    kept: list[int] = []
+    for question in sorted(picks):
+        chosen = picks[question]
+        if per_question is not None and len(chosen) > per_question:
+            chosen = random.Random(f"{seed}:{question}").sample(chosen, k=per_question)
+        kept.extend(c.index for c in chosen)
+    return sorted(kept)
+
+
 def select(cands: Iterable[Candidate], mode: str = "heuristic", keep_incorrect: float = 0.0,
-           seed: int = 0) -> list[int]:
+           seed: int = 0, keep: str = "correct", incorrect_per_question: int | None = None) -> list[int]:
     """Indices of the kept candidates, in input order."""
     cands = list(cands)
     if not 0.0 <= keep_incorrect <= 1.0:
         raise ValueError("keep_incorrect must be in [0, 1]")
+    if keep not in ("correct", "incorrect"):
+        raise ValueError(f"keep must be 'correct' or 'incorrect', got {keep!r}")
+    if incorrect_per_question is not None and incorrect_per_question < 1:
+        raise ValueError("incorrect_per_question must be >= 1")
     groups: dict[tuple[str, str], list[Candidate]] = {}
     for c in cands:
         key = (c.question_id, "" if mode == STAR_SELECTION else c.heuristic_id)
         groups.setdefault(key, []).append(c)
+    if keep == "incorrect":
+        return _incorrect_only(groups, incorrect_per_question, seed)
     kept: list[int] = []
     incorrect_best: list[Candidate] = []
     for key in sorted(groups):

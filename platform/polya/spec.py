@@ -47,6 +47,10 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+#: the base of every resource model (unknown fields refused): `polya.sweep` builds the PolyaSweep on it too
+StrictModel = _Model
+
+
 class NotInKey:
     """Field metadata (``Annotated[T, NOT_IN_KEY]``): the field says where or how fast work runs (replicas,
     GPUs, checkpoint cadence, transport), not what it computes, so it stays out of stage cache keys. Every
@@ -218,10 +222,20 @@ class HeuristicsSpec(_Model):
 
 class StorageSpec(_Model):
     uri: str = Field(min_length=1, description="Run folder: a local path (embedded, PVC) or s3:// gs:// az:// URI.")
+    artifacts: str | None = Field(
+        default=None, min_length=1,
+        description="Where the content-addressed stage outputs live (default: uri). Runs naming the same folder share "
+        "every stage whose inputs are equal, as a PolyaSweep's children do; results and the report stay in uri.",
+    )
 
-    @field_validator("uri")
+    def artifact_root(self) -> str:
+        return self.artifacts or self.uri
+
+    @field_validator("uri", "artifacts")
     @classmethod
-    def _uri(cls, v: str) -> str:
+    def _uri(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
         scheme = uri_scheme(v)
         if scheme is not None and scheme not in STORAGE_SCHEMES:
             raise ValueError(
@@ -421,6 +435,11 @@ class SelfGenerationSpec(RolloutSpec):
     samplesPerHeuristic: PositiveInt = Field(default=4, description="Completions per (question, heuristic).")
     temperature: Annotated[float, Field(ge=0.0)] = 0.8
     maxTokens: PositiveInt = 2048
+    model: ModelSpec | None = Field(
+        default=None,
+        description="The model that writes the traces; default: spec.model (self-generation). Another model here is "
+        "the distillation baseline (traces from a larger model, the same filtering, SFT of spec.model on them).",
+    )
 
 
 class RewardModelSpec(EngineSpec):
@@ -447,10 +466,31 @@ class RewardModelSpec(EngineSpec):
 
 class FilteringSpec(_Model):
     rewardModel: RewardModelSpec = Field(default_factory=RewardModelSpec)
-    keepIncorrect: Fraction = Field(default=0.0, description="Fraction of incorrect traces admitted (ablation).")
+    keepIncorrect: Fraction = Field(
+        default=0.0, description="With keep: correct, a fraction of the groups' best incorrect traces admitted too.")
     mode: Literal["heuristic", STAR_SELECTION] = Field(  # type: ignore[valid-type]
         default="heuristic", description="heuristic: best trace per (question, heuristic); star: one per question."
     )
+    keep: Literal["correct", "incorrect"] = Field(
+        default="correct",
+        description="Which verdict the kept traces have: correct (the recipe) or incorrect (the ablation: SFT on "
+        "traces whose answer is wrong, one per (question, heuristic), at most incorrectPerQuestion per question).",
+    )
+    incorrectPerQuestion: PositiveInt | None = Field(
+        default=None,
+        description="With keep: incorrect, how many incorrect approaches (heuristics) per question are kept, chosen "
+        "by seed among those with an incorrect trace; default: all of them.",
+    )
+
+    @model_validator(mode="after")
+    def _keep(self) -> "FilteringSpec":
+        if self.keep == "incorrect" and self.keepIncorrect > 0:
+            raise ValueError("filtering.keepIncorrect adds incorrect traces to the correct ones: with keep 'incorrect' "
+                             "every kept trace is incorrect already; set keepIncorrect to 0 (or keep to 'correct')")
+        if self.keep == "correct" and self.incorrectPerQuestion is not None:
+            raise ValueError("filtering.incorrectPerQuestion applies to keep 'incorrect': set keep to 'incorrect', "
+                             "or drop incorrectPerQuestion")
+        return self
     verifyTimeoutSeconds: Annotated[float, Field(gt=0)] = Field(default=5.0, description="Per-item math-verify limit.")
     verifyWorkers: Annotated[PositiveInt, NOT_IN_KEY] = Field(default=2, description="Processes verifying answers.")
 
@@ -481,6 +521,11 @@ class MidTrainingSpec(LearnerSpec):
 
 class GRPOSpec(LearnerSpec):
     enabled: Annotated[bool, NOT_IN_KEY] = True
+    dataset: DatasetSpec | None = Field(
+        default=None,
+        description="The RL questions; default: spec.dataset. Budget-matched arms that differ in dataset.limit set "
+        "the same grpo.dataset so that they share their RL questions.",
+    )
     learningRate: Annotated[float, Field(gt=0)] = 1.0e-6
     steps: PositiveInt = 500
     promptsPerStep: PositiveInt = 64
@@ -532,11 +577,22 @@ class BenchmarkSpec(QuestionSourceSpec):
 
 
 class CompositionSpec(_Model):
+    """Which of all 64 catalogue heuristics evaluation chains use (whatever heuristics.count), and how they combine."""
+
     enabled: bool = True
-    classifier: Literal["embedding", "judge"] = "embedding"
+    classifier: Literal["embedding", "judge"] = Field(
+        default="embedding",
+        description="judge: filtering's judge model reads a rubric listing the catalogue; embedding: the CPU "
+                    "sentence-encoder matcher.")
     threshold: Annotated[float, Field(ge=-1, le=1)] = Field(
-        default=0.35, description="Similarity above which a heuristic counts as used (embedding classifier)."
+        default=0.4, description="Similarity at or above which a heuristic counts as used (embedding classifier; "
+                                 "0.4 agrees best with tests/data/composition_labelled.jsonl)."
     )
+    chains: Annotated[int, Field(ge=1, le=100000)] = Field(
+        default=256, description="Evaluation chains classified: an equal share per benchmark, seeded by the run seed.")
+    keptChains: Annotated[int, Field(ge=0, le=100000)] = Field(
+        default=1024, description="Kept (mid-training) traces classified to find the heuristic pairs seen "
+                                  "together there; 0 skips the never-seen-together figures.")
 
 
 class EvaluationSpec(RolloutSpec):
@@ -566,6 +622,14 @@ class EvaluationSpec(RolloutSpec):
         if len(set(names)) != len(names):
             raise ValueError(f"benchmark names must be unique, got {names}")
         return benchmarks
+
+
+def budget_model(stage: Any) -> tuple[str, ...]:
+    """The model block whose maxModelLen bounds ``stage``'s prompts: self-generation's own model where one is
+    set (``selfGeneration.model``, else ``model``), the run's model for the rest."""
+    from polya.recipe import Stage
+
+    return (stage.section, "model") if stage.name == Stage.SELFGEN else ("model",)
 
 
 def token_budgets() -> list[tuple[Any, tuple[str, ...]]]:
@@ -604,23 +668,33 @@ class PolyaRunSpec(_Model):
                              "set filtering.rewardModel.kind to 'judge' (with a name), or use 'embedding'")
         return self
 
+    def generator(self) -> ModelSpec:
+        """The model that writes the self-generated traces (`selfGeneration.model`, default the run's model)."""
+        return self.selfGeneration.model or self.model
+
+    def rl_dataset(self) -> DatasetSpec:
+        """The questions GRPO draws (`grpo.dataset`, default the run's dataset)."""
+        return self.grpo.dataset or self.dataset
+
     @model_validator(mode="after")
     def _token_budgets(self) -> "PolyaRunSpec":
         """Every enabled stage's maxTokens leaves MIN_PROMPT_TOKENS of model.maxModelLen for the prompt (else
         every request of that stage is refused at run time by the engines' token check)."""
-        limit, errors = self.model.maxModelLen, []
+        errors = []
         for stage, path in token_budgets():
             if not stage.enabled(self):
                 continue  # a disabled stage sends no request
             block: Any = self
             for part in path:
                 block = getattr(block, part)
+            own = budget_model(stage) != ("model",) and self.selfGeneration.model is not None
+            where, limit = ("selfGeneration.model", self.generator().maxModelLen) if own else ("model", self.model.maxModelLen)
             if block.maxTokens + MIN_PROMPT_TOKENS > limit:
                 room = max(limit - block.maxTokens, 0)
-                fix = (f"lower it to <= {limit - MIN_PROMPT_TOKENS} or raise spec.model.maxModelLen to >= "
+                fix = (f"lower it to <= {limit - MIN_PROMPT_TOKENS} or raise spec.{where}.maxModelLen to >= "
                        f"{block.maxTokens + MIN_PROMPT_TOKENS}" if limit > MIN_PROMPT_TOKENS
-                       else f"raise spec.model.maxModelLen to >= {block.maxTokens + MIN_PROMPT_TOKENS}")
-                msg = (f"{block.maxTokens} generated tokens leave {room} of model.maxModelLen ({limit}) for the "
+                       else f"raise spec.{where}.maxModelLen to >= {block.maxTokens + MIN_PROMPT_TOKENS}")
+                msg = (f"{block.maxTokens} generated tokens leave {room} of {where}.maxModelLen ({limit}) for the "
                        f"prompt, fewer than {MIN_PROMPT_TOKENS}: {fix}")
                 errors.append({"type": "value_error", "loc": (*path, "maxTokens"), "input": block.maxTokens,
                                "ctx": {"error": ValueError(msg)}})

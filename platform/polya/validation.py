@@ -42,11 +42,17 @@ class FieldError:
         return f"{self.path}: {self.message}"
 
 
-def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
+def _model_at(path: tuple[Any, ...], root: type[BaseModel] = PolyaRun) -> type[BaseModel] | None:
     """The pydantic model that owns the object at ``path`` (to suggest field names)."""
-    model: Any = PolyaRun
+    from polya.spec import PolyaRunSpec
+    from polya.sweep import SweepArm
+
+    model: Any = root
     for part in path:
         if isinstance(part, int):
+            continue
+        if model is SweepArm and part == "set":  # an arm's overrides are paths of the run's spec
+            model = PolyaRunSpec
             continue
         field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
         if field is None:
@@ -76,7 +82,7 @@ def _clean_loc(loc: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def format_errors(exc: ValidationError) -> list[FieldError]:
+def format_errors(exc: ValidationError, root: type[BaseModel] = PolyaRun) -> list[FieldError]:
     errors = []
     for err in exc.errors(include_url=False):
         loc = _clean_loc(tuple(err["loc"]))
@@ -85,7 +91,7 @@ def format_errors(exc: ValidationError) -> list[FieldError]:
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
         if err["type"] == "extra_forbidden":
-            owner = _model_at(loc[:-1])
+            owner = _model_at(loc[:-1], root)
             known = sorted(owner.model_fields) if owner else []
             close = difflib.get_close_matches(str(loc[-1]), known, n=1)
             msg = f"unknown field {loc[-1]!r}"
@@ -109,6 +115,20 @@ def validate_doc(doc: Any) -> tuple[PolyaRun | None, list[FieldError]]:
         return PolyaRun.model_validate(doc), []
     except ValidationError as exc:
         return None, format_errors(exc)
+
+
+def validate_sweep_doc(doc: Any) -> tuple[Any, list[FieldError]]:
+    """A PolyaSweep manifest: (the sweep, []) or (None, its field errors; an arm's override is named
+    ``spec.arms[i].set.<path>``)."""
+    from polya.sweep import PolyaSweep
+
+    if not isinstance(doc, dict):
+        return None, [FieldError("(root)", f"the document is a {type(doc).__name__}, not a mapping: a PolyaSweep has "
+                                           "apiVersion, kind, metadata and spec at the top level")]
+    try:
+        return PolyaSweep.model_validate(doc), []
+    except ValidationError as exc:
+        return None, format_errors(exc, PolyaSweep)
 
 
 def load_manifest(path: str | Path) -> list[Any]:
@@ -143,6 +163,24 @@ def load_manifest(path: str | Path) -> list[Any]:
 def run_documents(docs: list[Any]) -> list[Any]:
     """The documents of a manifest that are PolyaRuns (or claim no kind, or are not mappings: refused later)."""
     return [d for d in docs if not isinstance(d, dict) or d.get("kind", "PolyaRun") == "PolyaRun"]
+
+
+def sweep_documents(docs: list[Any]) -> list[dict]:
+    """The documents of a manifest that are PolyaSweeps."""
+    return [d for d in docs if isinstance(d, dict) and d.get("kind") == "PolyaSweep"]
+
+
+def load_sweep_file(path: str | Path):
+    """The single PolyaSweep in ``path``; raises `SpecError` with one line per field error (file and field)."""
+    docs = load_manifest(path)
+    sweeps = sweep_documents(docs)
+    if len(sweeps) != 1:
+        empty = " (the file is empty)" if not docs else " (check kind: PolyaSweep)" if not sweeps else ""
+        raise SpecError([f"{path}: expected exactly one PolyaSweep document, found {len(sweeps)}{empty}"])
+    sweep, errors = validate_sweep_doc(sweeps[0])
+    if errors:
+        raise SpecError([f"{path}: {e}" for e in errors])
+    return sweep
 
 
 def load_run_file(path: str | Path) -> PolyaRun:

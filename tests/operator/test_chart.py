@@ -77,6 +77,10 @@ def test_rbac_is_least_privilege():
     role = next(d for d in render() if d["kind"] == "ClusterRole")
     verbs = {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
     assert verbs[("polya.dev", "polyaruns/status")] == {"get", "patch"}
+    assert verbs[("polya.dev", "polyaruns")] == {"get", "list", "watch", "create", "patch"}  # a sweep's children
+    assert verbs[("polya.dev", "polyasweeps")] == {"get", "list", "watch", "patch"}
+    assert verbs[("polya.dev", "polyasweeps/status")] == {"get", "patch"}
+    assert verbs[("polya.dev", "polyasweeps/finalizers")] == {"update"}
     assert verbs[("", "configmaps")] == {"get", "create"}
     assert all("*" not in v for v in verbs.values()) and ("", "secrets") not in verbs
     assert yaml.safe_load((REPO / "k8s/operator/rbac.yaml").read_text().split("---")[1])["rules"] == role["rules"]
@@ -95,6 +99,25 @@ def test_chart_crds_are_the_generated_ones():
     with_cel = yaml.safe_load((REPO / HELM_CRD_PATHS[True]).read_text())
     del with_cel["metadata"]["annotations"]
     assert with_cel == k8s  # the same schema as `kubectl apply -k k8s` installs
+
+
+def test_sweep_crds_are_the_generated_ones():
+    """The PolyaSweep CRD: one CEL-free copy for the chart (every server version), the same for k8s/."""
+    from polya.crd import HELM_SWEEP_CRD_PATH, SWEEP_CRD_PATH, rendered_files
+
+    files = rendered_files()
+    for path in (SWEEP_CRD_PATH, HELM_SWEEP_CRD_PATH):
+        assert (REPO / path).read_text() == files[path], f"{path} drifted: run `polya crd --write`"
+    chart = yaml.safe_load((REPO / HELM_SWEEP_CRD_PATH).read_text())
+    assert chart["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert "x-kubernetes-validations" not in json.dumps(chart)
+    assert chart["spec"]["names"]["shortNames"] == ["psweep"]
+    del chart["metadata"]["annotations"]
+    assert chart == yaml.safe_load((REPO / SWEEP_CRD_PATH).read_text())
+    kust = yaml.safe_load((REPO / "k8s/kustomization.yaml").read_text())
+    assert str(SWEEP_CRD_PATH.relative_to("k8s")) in kust["resources"]
+    kinds = [(d["kind"], d["metadata"]["name"]) for d in render() if d["kind"] == "CustomResourceDefinition"]
+    assert ("CustomResourceDefinition", "polyasweeps.polya.dev") in kinds
 
 
 def test_k8s_manifests_validate():

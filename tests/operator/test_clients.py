@@ -105,11 +105,16 @@ def test_kubectl_applies_the_examples_and_shows_runs(kube):
     k = ["kubectl", "--kubeconfig", str(kube)]
     assert run(k + ["create", "namespace", ns]).returncode == 0
     try:
-        for example in sorted(EXAMPLES.glob("*.yaml")):
+        docs = {p: yaml.safe_load(p.read_text()) for p in sorted(EXAMPLES.glob("*.yaml"))}
+        for example, doc in docs.items():
             out = run(k + ["apply", "-n", ns, "-f", str(example)])
             assert out.returncode == 0, out.stderr
-            assert "polyarun.polya.dev/" in out.stdout and "created" in out.stdout
-        names = {yaml.safe_load(p.read_text())["metadata"]["name"] for p in EXAMPLES.glob("*.yaml")}
+            assert f"{doc['kind'].lower()}.polya.dev/" in out.stdout and "created" in out.stdout
+        names = {d["metadata"]["name"] for d in docs.values() if d["kind"] == "PolyaRun"}
+        sweeps = run(k + ["get", "psweep", "-n", ns, "-o", "name"])
+        assert sweeps.returncode == 0, sweeps.stderr
+        assert sweeps.stdout.split() == [f"polyasweep.polya.dev/{d['metadata']['name']}" for d in docs.values()
+                                         if d["kind"] == "PolyaSweep"]
         table = run(k + ["get", "prun", "-n", ns])
         assert table.returncode == 0, table.stderr
         header = table.stdout.splitlines()[0].split()

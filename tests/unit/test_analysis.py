@@ -4,8 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from polya.analysis.composition import composition_rate, heuristics_used, split_steps
+from polya.analysis.composition import composition_rate
 from polya.analysis.diversity import vendi_from_embeddings
+from polya.analysis.heuristic_matcher import heuristics_used, split_steps
 from polya.reward import parse_judge_score
 
 
@@ -48,15 +49,15 @@ def test_parse_judge_score(text, expected):
 
 
 def test_judge_composition_parsing_and_prompt():
-    from polya.analysis.composition import judge_prompt, parse_judge_ids
+    from polya.analysis.heuristic_judge import judge_prompt, parse_judge_answer
     from polya.heuristics import select
 
+    prompt = judge_prompt("First split the sum into parts.")
+    assert "1. Decompose and recombine" in prompt and "64. Simulate step by step" in prompt
     hs = select(count=4)
-    prompt = judge_prompt("First split the sum into parts.", hs)
-    assert "1. Decompose and recombine" in prompt and "4. Use an analogous problem" in prompt
-    assert parse_judge_ids("1, 3", 4) == {0, 2}
-    assert parse_judge_ids("2 and 9\nbecause 4", 4) == {1}  # 9 is out of range, later lines ignored
-    assert parse_judge_ids("None of them.", 4) == set()
+    assert parse_judge_answer("1, 3", hs) == {"decompose-recombine", "auxiliary-element"}
+    assert parse_judge_answer("2 and 9\nbecause 4", hs) == {"work-backwards"}  # 9 is out of range, later lines ignored
+    assert parse_judge_answer("None of them.", hs) == set()
 
 
 def test_judge_composition_needs_a_judge(local_doc):

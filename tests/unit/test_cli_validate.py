@@ -59,10 +59,12 @@ def test_every_example_fits_its_token_budgets():
     """k8s/examples/*.yaml validate (the paper-scale one used to ask for 4096 evaluation tokens in a 4096 context)."""
     from polya.spec import MIN_PROMPT_TOKENS, PolyaRun
 
-    examples = sorted(EXAMPLES.glob("*.yaml"))
-    res = polya("validate", *map(str, examples))
+    everything = sorted(EXAMPLES.glob("*.yaml"))  # the PolyaSweep example too: validate expands its children
+    res = polya("validate", *map(str, everything))
     assert res.returncode == 0, res.stderr
     assert "warning" not in res.stderr, res.stderr
+    assert "PolyaSweep" in res.stdout and "= 6 PolyaRuns" in res.stdout, res.stdout
+    examples = [p for p in everything if yaml.safe_load(p.read_text())["kind"] == "PolyaRun"]
     for example in examples:
         spec = PolyaRun.model_validate(yaml.safe_load(example.read_text())).spec
         for block in (spec.selfGeneration, spec.grpo.rollout, spec.evaluation):

@@ -15,10 +15,39 @@ def test_checked_in_crd_matches_models():
     assert checked_in == crd.render_crd(), "k8s/crds/polya.dev_polyaruns.yaml drifted: run `polya crd --write`"
 
 
-def test_crd_validates_with_kubernetes_validate():
-    doc = yaml.safe_load((REPO / crd.CRD_PATH).read_text())
+@pytest.mark.parametrize("path", [crd.CRD_PATH, crd.SWEEP_CRD_PATH])
+def test_crd_validates_with_kubernetes_validate(path):
+    doc = yaml.safe_load((REPO / path).read_text())
     for version in ("1.25", "1.30", "1.37"):
         kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_sweep_crd_takes_the_example_and_refuses_a_typo_in_its_template():
+    """The PolyaSweep CRD: short name psweep, the template typed as a PolyaRun spec (a misspelt field refused),
+    an arm's overrides free-form (any JSON value under a dotted path)."""
+    doc = yaml.safe_load((REPO / crd.SWEEP_CRD_PATH).read_text())
+    assert doc["spec"]["names"]["shortNames"] == ["psweep"] and doc["spec"]["names"]["kind"] == "PolyaSweep"
+    schema = doc["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    sweep = yaml.safe_load((REPO / "k8s/examples/polya-sweep.yaml").read_text())
+    jsonschema.Draft4Validator(schema).validate(sweep)  # OpenAPI v3.0 numbers follow draft 4
+    jsonschema.Draft4Validator(_closed(schema)).validate(sweep)
+    bad = yaml.safe_load(yaml.safe_dump(sweep))
+    bad["spec"]["template"]["grpo"]["grupSize"] = 4
+    with pytest.raises(jsonschema.ValidationError, match="grupSize"):
+        jsonschema.Draft4Validator(_closed(schema)).validate(bad)
+
+
+def _closed(schema):
+    """The schema with additionalProperties: false wherever properties are listed (what the API server's
+    strict field validation does with unknown fields)."""
+    if isinstance(schema, dict):
+        out = {k: _closed(v) for k, v in schema.items()}
+        if "properties" in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [_closed(v) for v in schema]
+    return schema
 
 
 def test_kubernetes_validate_catches_a_broken_crd():

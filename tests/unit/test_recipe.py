@@ -168,3 +168,29 @@ def test_the_composition_judge_enters_evaluation_keys_only_when_it_judges(local_
     other = dict(judge, name="org/another-judge")
     judged2 = spec_of(local_doc, filtering__rewardModel=other, evaluation__composition={"classifier": "judge"})
     assert cache_key(ev, judged, ARMS[Arm.BASE], {}) != cache_key(ev, judged2, ARMS[Arm.BASE], {})
+
+
+def test_grpo_dataset_replaces_the_runs_dataset_in_the_grpo_key(local_doc):
+    """Budget-matched arms (different dataset.limit) that set the same grpo.dataset share their RL questions,
+    and the GRPO key says so: it follows grpo.dataset, not dataset."""
+    shared = {"source": "builtin:arithmetic", "limit": 6, "seed": 3}
+    a = spec_of(local_doc, dataset__limit=4, grpo__dataset=shared)
+    b = spec_of(local_doc, dataset__limit=9, grpo__dataset=shared)
+    assert grpo_key(a) == grpo_key(b)
+    assert grpo_key(spec_of(local_doc, dataset__limit=4)) != grpo_key(spec_of(local_doc, dataset__limit=9))
+    assert grpo_key(spec_of(local_doc, grpo__dataset=dict(shared, limit=7))) != grpo_key(a)
+
+
+def test_a_teachers_traces_are_shared_by_its_students(local_doc):
+    """With selfGeneration.model the traces are the teacher's: the self-generation key follows it, not the run's
+    model; without it, the run's model writes them and its key follows the run's model."""
+    selfgen = STAGES[Stage.SELFGEN]
+    teacher = {"name": "org/teacher", "maxModelLen": 8192}
+
+    def key(**over):
+        return cache_key(selfgen, spec_of(local_doc, **over), ARMS[Arm.POLYA], {})
+
+    assert key(selfGeneration__model=teacher) == key(selfGeneration__model=teacher, model__name="org/student")
+    assert key(selfGeneration__model=teacher) != key(selfGeneration__model=dict(teacher, name="org/other"))
+    assert key() != key(model__name="org/student")
+    assert key(selfGeneration__model=teacher) != key()

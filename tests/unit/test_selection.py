@@ -1,4 +1,4 @@
-"""Which traces become SFT data: best correct per (question, heuristic), STaR, the keepIncorrect ablation."""
+"""Which traces become SFT data: best correct per (question, heuristic), STaR, the keepIncorrect ablation, and\nthe incorrect-only ablation with a controlled number of incorrect approaches per question."""
 from __future__ import annotations
 
 import pytest
@@ -48,3 +48,31 @@ def test_nothing_correct_nothing_kept():
 def test_bad_fraction():
     with pytest.raises(ValueError):
         select(CANDS, keep_incorrect=1.5)
+
+
+# q3: four heuristics, each with an incorrect trace (two of them also with a correct one)
+WRONG = [C(10 + 2 * j, "q3", f"h{j}", 0, False, 0.1 * j) for j in range(4)] + \
+        [C(11 + 2 * j, "q3", f"h{j}", 1, j < 2, 0.5) for j in range(4)]
+
+
+def test_keep_incorrect_only_keeps_the_best_incorrect_per_group():
+    # (q1,h1): 2 (0.99 beats nothing else wrong); (q1,h2): 4 (0.7 > 0.5); q2 has no incorrect trace
+    assert select(CANDS, keep="incorrect") == [2, 4]
+    # q3: h0, h1 have one incorrect trace each (10, 12); h2, h3 two (14 at 0.2 vs 15 at 0.5 -> 15; 16 vs 17 -> 17)
+    assert select(WRONG, keep="incorrect") == [10, 12, 15, 17]
+    assert select(CANDS + WRONG, keep="incorrect", mode="star") == [2, 15]  # one per question: the most adherent
+
+
+def test_incorrect_per_question_controls_the_number_of_approaches():
+    everything = select(CANDS + WRONG, keep="incorrect")
+    for m in (1, 2, 3):
+        kept = select(CANDS + WRONG, keep="incorrect", incorrect_per_question=m, seed=5)
+        per_q = {q: sum(1 for c in CANDS + WRONG if c.index in kept and c.question_id == q) for q in ("q1", "q3")}
+        assert per_q == {"q1": min(m, 2), "q3": m}, m
+        assert set(kept) <= set(everything)
+        assert kept == select(CANDS + WRONG, keep="incorrect", incorrect_per_question=m, seed=5)  # seeded
+    picks = {tuple(select(WRONG, keep="incorrect", incorrect_per_question=2, seed=s)) for s in range(20)}
+    assert len(picks) > 1  # the seed decides which approaches
+    assert select(WRONG, keep="incorrect", incorrect_per_question=9) == everything[-4:]
+    with pytest.raises(ValueError, match="keep"):
+        select(CANDS, keep="wrong")

@@ -54,6 +54,15 @@ def test_heuristics_count_defaults_to_16(local_doc):
         (lambda s: s["grpo"]["rollout"].update(maxTokens=1793), "spec.grpo.rollout.maxTokens", "leave 255 of"),
         (lambda s: s["selfGeneration"].pop("maxTokens"), "spec.selfGeneration.maxTokens", "2048 generated tokens"),
         (lambda s: s["model"].update(maxModelLen=200), "spec.evaluation.maxTokens", "raise spec.model.maxModelLen"),
+        (lambda s: s["filtering"].update(keep="incorrect", keepIncorrect=0.5), "spec.filtering", "set keepIncorrect to 0"),
+        (lambda s: s["filtering"].update(incorrectPerQuestion=2), "spec.filtering", "set keep to 'incorrect'"),
+        (lambda s: s["filtering"].update(keep="wrong"), "spec.filtering.keep", "'correct' or 'incorrect'"),
+        (lambda s: s["filtering"].update(keep="incorrect", incorrectPerQuestion=0), "spec.filtering.incorrectPerQuestion",
+         "greater than or equal to 1"),
+        (lambda s: s["selfGeneration"].update(model={"name": "builtin:gpt-5"}), "spec.selfGeneration.model.name",
+         "unknown builtin 'gpt-5'"),
+        (lambda s: s["grpo"].update(dataset={"source": "gopher://x"}), "spec.grpo.dataset.source",
+         "unsupported scheme 'gopher'"),
     ],
 )
 def test_bad_specs_name_the_field(local_doc, mutate, path, fragment):
@@ -115,3 +124,29 @@ def test_token_budgets_leave_room_for_a_prompt(local_doc):
     spec["selfGeneration"]["maxTokens"] = spec["evaluation"]["maxTokens"] = 64
     spec["grpo"]["enabled"] = False
     assert PolyaRun.model_validate(local_doc).spec.grpo.rollout.maxTokens == limit - MIN_PROMPT_TOKENS + 1
+
+
+def test_self_generation_budget_is_the_generating_models(local_doc):
+    """With selfGeneration.model (a teacher), self-generation's maxTokens is held to the teacher's context, the
+    other stages to the run's model; the error names the teacher's field."""
+    from polya.spec import MIN_PROMPT_TOKENS
+
+    spec = local_doc["spec"]
+    limit = spec["model"]["maxModelLen"]
+    spec["selfGeneration"]["maxTokens"] = limit  # too long for the run's model...
+    assert [m.split(":")[0] for m in errors_of(local_doc)] == ["spec.selfGeneration.maxTokens"]
+    spec["selfGeneration"]["model"] = {"name": "org/teacher", "maxModelLen": limit + MIN_PROMPT_TOKENS}
+    run = PolyaRun.model_validate(local_doc)  # ...and fits the teacher's
+    assert run.spec.generator().name == "org/teacher" and run.spec.model.name != "org/teacher"
+    spec["selfGeneration"]["model"]["maxModelLen"] = limit + MIN_PROMPT_TOKENS - 1
+    messages = errors_of(local_doc)
+    assert len(messages) == 1 and messages[0].startswith("spec.selfGeneration.maxTokens:")
+    assert "selfGeneration.model.maxModelLen" in messages[0]
+
+
+def test_grpo_dataset_defaults_to_the_runs(local_doc):
+    run = PolyaRun.model_validate(local_doc)
+    assert run.spec.grpo.dataset is None and run.spec.rl_dataset() == run.spec.dataset
+    local_doc["spec"]["grpo"]["dataset"] = {"source": "builtin:arithmetic", "limit": 7, "seed": 11}
+    spec = PolyaRun.model_validate(local_doc).spec
+    assert spec.rl_dataset().limit == 7 and spec.rl_dataset().seed == 11 and spec.dataset.limit != 7

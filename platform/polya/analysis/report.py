@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from polya.analysis.composition import markdown as composition_markdown
 from polya.analysis.plots import plot_bar_pairs, plot_pass_at_k, plot_rewards
 from polya.recipe import ARMS, BEFORE_RL_ARMS, MAIN_ARM, Arm, PlannedStage, Stage
 from polya.storage import join, read_json
@@ -52,6 +53,24 @@ def _plots(results: dict[str, Any], evals: dict[str, dict], out_dir: Path) -> li
     return plots
 
 
+def _composition_section(evals: dict[str, dict]) -> list[str]:
+    """Per model: composition rate, pairs, triples and pairs never seen together in the mid-training data."""
+    comps = {arm: ev["composition"] for arm, ev in evals.items() if ev.get("composition")}
+    if not comps:
+        return []
+    md = ["", "## Heuristic composition", "",
+          "| model | chains | >= 2 heuristics | mean used | distinct pairs | distinct triples | with an unseen pair |",
+          "|---|---:|---:|---:|---:|---:|---:|"]
+    for arm, c in comps.items():
+        u = c.get("unseen")
+        unseen = f"{u['chains']} ({100 * u['rate']:.1f}%)" if u else "-"
+        md.append(f"| {_label(arm)} | {c['chains']} | {100 * c['rate']:.1f}% | {c.get('mean_used', 0.0):.2f} | "
+                  f"{c.get('distinct_pairs', '-')} | {c.get('distinct_triples', '-')} | {unseen} |")
+    for arm, c in comps.items():
+        md += ["", f"{_label(arm)}:", ""] + composition_markdown(c)
+    return md
+
+
 def _markdown(run, results: dict[str, Any], evals: dict[str, dict], plots: list[tuple[str, str]]) -> str:
     spec, ks = run.spec, run.spec.evaluation.k
     arms = ", ".join(str(a.name) for a in ARMS.values() if a.starts_from is None and a.enabled(spec))
@@ -62,6 +81,7 @@ def _markdown(run, results: dict[str, Any], evals: dict[str, dict], plots: list[
     for arm, ev in evals.items():
         row = _headline(ev)
         md.append(f"| {_label(arm)} | " + " | ".join(f"{row[str(k)]:.2f}" for k in ks) + " |")
+    md += _composition_section(evals)
     md += ["", "## Stages", "", "| step | time | figures |", "|---|---:|---|"]
     for key, r in results.items():
         secs = "cached" if r.get("seconds") is None else f"{r['seconds']:.0f} s"

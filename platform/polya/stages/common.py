@@ -15,7 +15,7 @@ from polya.artifacts import Artifact, ArtifactStore
 from polya.engines.base import EngineConfig, Sampling
 from polya.recipe import ARMS, STAGES, Arm, ArmDef, Stage, StageDef, cache_key
 from polya.rl.learner import LearnerJob
-from polya.spec import EngineSpec, PolyaRun
+from polya.spec import EngineSpec, ModelSpec, PolyaRun
 
 log = logging.getLogger(__package__.split(".")[0])
 
@@ -73,8 +73,10 @@ class StageContext:
                           ckpt_uri=self.store.child("checkpoints", self.stage.name, art.key), seed=spec.seed,
                           crash_after_step=int(os.environ.get("POLYA_CRASH_AFTER_STEP", "0")))  # tests only
 
-    def engine(self, block: EngineSpec, model_path: str, served_name: str | None = None) -> EngineConfig:
-        return EngineConfig.from_spec(self.run.spec.model, block, model_path, self.run.spec.seed, served_name)
+    def engine(self, block: EngineSpec, model_path: str, served_name: str | None = None,
+               model: ModelSpec | None = None) -> EngineConfig:
+        """``block``'s engine for ``model_path``; ``model`` (default the run's) gives dtype, context and revision."""
+        return EngineConfig.from_spec(model or self.run.spec.model, block, model_path, self.run.spec.seed, served_name)
 
 
 @contextlib.contextmanager

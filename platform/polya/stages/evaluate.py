@@ -3,24 +3,28 @@
 The model is the arm's latest model artifact (``ctx.inputs["model"]``: a folder with ``model/``), or
 the base model for the ``base`` arm. Outputs: ``eval.json``, ``eval.md`` (per-benchmark table and
 average), ``passk.png`` (pass@k against k) and ``samples.parquet`` (every completion and its verdict).
+
+Composition (`polya.analysis.composition`, whose docstring says how the figures are defined): up to
+``composition.chains`` completions, an equal share per benchmark, classified against the whole catalogue;
+the kept traces that mid-trained the arm's model, found by content address, classified the same way for
+the combinations never seen together there.
 """
 from __future__ import annotations
 
 import json
 
 from polya import metrics
-from polya.analysis.composition import analyse
+from polya.analysis.chain_sample import even_sample, subsample
+from polya.analysis.composition import composition_rate, markdown, summarise
 from polya.analysis.passk import mean_pass_at_k
 from polya.analysis.plots import plot_pass_at_k
 from polya.data import load_questions
 from polya.engines.base import Sampling
-from polya.heuristics import render_prompt, select
+from polya.heuristics import CATALOGUE_IDS, render_prompt
 from polya.models import load_tokenizer
-from polya.recipe import MODEL_SLOT
+from polya.recipe import MODEL_SLOT, Stage, lineage_step, midtraining_data, planned_keys
 from polya.stages.common import StageContext, StageResult, generate_all, log, rollout_service, run_async
 from polya.verify import Verifier
-
-MAX_COMPOSITION_CHAINS = 256
 
 
 def model_ref(ctx: StageContext) -> tuple[str, str]:
@@ -40,35 +44,74 @@ def markdown_table(results: dict[str, dict[int, float]], ks: list[int]) -> str:
     return "\n".join(lines)
 
 
-async def _judge_composition(ctx: StageContext, chains: list[str], heuristics):
-    """Composition with the run's judge model (filtering.rewardModel, kind judge) on its own engine."""
-    from polya.analysis.composition import analyse_with_judge
+async def _judge_sets(ctx: StageContext, chains: list[str]) -> list[set[str]]:
+    """Catalogue ids per chain, from the run's judge model (filtering.rewardModel, kind judge) on its own engine."""
+    from polya.analysis.heuristic_judge import judge
     from polya.engines.base import create_engine
 
     rm = ctx.run.spec.filtering.rewardModel
     engine = create_engine(ctx.engine(rm, rm.name, served_name=rm.name))
     try:
-        return await analyse_with_judge(chains, heuristics, engine)
+        return await judge(chains, engine)
     finally:
         await engine.close()
 
 
-def _composition(ctx: StageContext, chains: list[str]) -> dict | None:
+def _classify(ctx: StageContext, groups: list[list[str]]) -> list[list[set[str]]]:
+    """Each group of chains classified against the whole catalogue by the configured classifier (one pass)."""
+    from polya.analysis.heuristic_matcher import match
+
+    comp = ctx.settings.composition
+    flat = [c for g in groups for c in g]
+    sets = run_async(_judge_sets(ctx, flat)) if comp.classifier == "judge" else match(flat, comp.threshold)
+    out, at = [], 0
+    for g in groups:
+        out.append(sets[at : at + len(g)])
+        at += len(g)
+    return out
+
+
+def kept_traces(ctx: StageContext) -> list[str] | None:
+    """Up to ``composition.keptChains`` kept traces that mid-trained this arm's model (a seeded sample); None
+    when its line has no mid-training or the filter artifact is not in storage."""
+    import pyarrow.parquet as pq
+
     spec, comp = ctx.run.spec, ctx.settings.composition
-    if not comp.enabled or not chains:
+    source, mid = midtraining_data(ctx.arm.name), lineage_step(ctx.arm.name, Stage.MIDTRAIN)
+    keys = planned_keys(spec) if source is not None and comp.keptChains > 0 else {}
+    if source is None or mid is None or source.key not in keys or mid.key not in keys:
         return None
-    chosen = select(spec.heuristics.count, spec.heuristics.names)
-    chains = chains[:MAX_COMPOSITION_CHAINS]
-    if comp.classifier == "judge":
-        result = run_async(_judge_composition(ctx, chains, chosen)).to_dict()
-    else:
-        result = analyse(chains, chosen, threshold=comp.threshold).to_dict()
+    art = ctx.store.artifact(str(source.stage), keys[source.key])
+    if not art.exists():
+        log.warning("composition: the kept traces of %s (%s) are not in storage; no never-seen figures",
+                    source.key, art.uri)
+        return None
+    texts = pq.read_table(art.fetch() / "sft.parquet", columns=["completion"]).column("completion").to_pylist()
+    return subsample(texts, comp.keptChains, spec.seed)
+
+
+def _composition(ctx: StageContext, chains: dict[str, list[tuple[str, list[str]]]]) -> dict | None:
+    """``chains``: benchmark -> [(question id, its completions)]. The eval.json ``composition`` block."""
+    spec, comp = ctx.run.spec, ctx.settings.composition
+    if not comp.enabled or not any(texts for probs in chains.values() for _, texts in probs):
+        return None
+    picks = even_sample({b: [texts for _, texts in probs] for b, probs in chains.items()}, comp.chains, spec.seed)
+    texts = [chains[b][p][1][s] for b, p, s in picks]
+    kept = kept_traces(ctx)
+    used, reference = _classify(ctx, [texts, kept or []])
+    result = summarise(used, CATALOGUE_IDS, reference if kept is not None else None).to_dict()
+    result["classifier"] = comp.classifier
+    result["per_benchmark"] = {b: composition_rate([u for (pb, _, _), u in zip(picks, used) if pb == b])
+                               for b in chains}
+    result["per_chain"] = [{"benchmark": b, "question_id": chains[b][p][0], "sample_index": s,
+                            "heuristics": sorted(u)} for (b, p, s), u in zip(picks, used)]
     metrics.COMPOSITION_RATE.labels(ctx.arm.name).set(result["rate"])
     return result
 
 
 def _benchmark(ctx: StageContext, bench, handle, verifier, tok, sampling: Sampling, out: dict) -> dict[int, float]:
-    """One benchmark: sample, verify, pass@k. Appends sample rows and one chain per problem to ``out``."""
+    """One benchmark: sample, verify, pass@k. Appends its sample rows, and (question id, completions) per problem
+    for the composition analysis, to ``out``."""
     ev = ctx.settings
     questions, report = load_questions(bench)
     out["reports"][bench.name] = {"summary": report.summary(), "bad": report.bad}
@@ -86,8 +129,7 @@ def _benchmark(ctx: StageContext, bench, handle, verifier, tok, sampling: Sampli
         out["samples"] += [{"benchmark": bench.name, "question_id": q.id, "sample_index": j, "completion": c["text"],
                             "status": v.status, "predicted": v.predicted, "completion_tokens": len(c["token_ids"])}
                            for j, (c, v) in enumerate(zip(g, vs))]
-        if g:
-            out["chains"].append(g[0]["text"])
+        out["chains"].setdefault(bench.name, []).append((q.id, [c["text"] for c in g]))
         at += len(g)
     out["reports"][bench.name].update(problems=len(counts), unparsable=sum(v.status == "unparsable" for v in verdicts))
     result = mean_pass_at_k(counts, ev.k)
@@ -109,8 +151,7 @@ def _write(ctx: StageContext, out_dir, model_id: str, results: dict, out: dict, 
     md = [f"# Evaluation: {model_id} ({ctx.arm.name})", "",
           f"{ev.samples} samples per problem, temperature {ev.temperature}.", "", markdown_table(results, ev.k)]
     if composition:
-        md += ["", f"Chains combining two or more heuristics: {100 * composition['rate']:.1f}% "
-                   f"of {composition['chains']} chains."]
+        md += ["", "## Composition", ""] + markdown(composition, k=10)
     (out_dir / "eval.md").write_text("\n".join(md) + "\n")
     plot_pass_at_k(results, out_dir / "passk.png", title=f"pass@k — {ctx.arm.name}")
 
@@ -126,7 +167,7 @@ def run(ctx: StageContext) -> StageResult:
                         seed=spec.seed + 1, logprobs=False)  # unused: ~15% faster
     cfg = ctx.engine(ev, model_path, served_name=model_id)
     results: dict[str, dict[int, float]] = {}
-    out: dict = {"reports": {}, "samples": [], "chains": []}
+    out: dict = {"reports": {}, "samples": [], "chains": {}}
     with rollout_service(ctx, cfg, ev, name=f"eval-{ctx.arm.name}") as handle, \
             Verifier(workers=spec.filtering.verifyWorkers, timeout_s=spec.filtering.verifyTimeoutSeconds) as verifier:
         for bench in ev.benchmarks:
@@ -139,5 +180,7 @@ def run(ctx: StageContext) -> StageResult:
     figures = {f"pass@{k}": v for k, v in headline.items()}
     if composition:
         figures["composition_rate"] = composition["rate"]
+        if composition["unseen"] is not None:
+            figures["composition_unseen_rate"] = composition["unseen"]["rate"]
     ctx.store.commit(art, figures)
     return StageResult(art.uri, figures)

@@ -1,5 +1,6 @@
 """Stage 2 — filtering: verify every trace, score heuristic adherence, keep the best correct trace per
-(question, heuristic) (or one per question for STaR), and measure what was kept.
+(question, heuristic) (or one per question for STaR; the best incorrect ones with ``keep: incorrect``, the
+paper's ablation), and measure what was kept.
 
 Outputs: ``sft.parquet`` (the SFT dataset: question, gold answer, heuristic id, completion, adherence,
 correct), ``verdicts.parquet`` (every trace's status, extracted answer and adherence),
@@ -106,8 +107,12 @@ def run(ctx: StageContext) -> StageResult:
     rows = pq.read_table(ctx.inputs[Stage.SELFGEN].fetch() / "selfgen.parquet").to_pylist()
     verdicts, counts = _verify(f, rows)
 
-    # adherence matters only where it decides something: correct traces, and incorrect ones if admitted
-    need = [i for i, v in enumerate(verdicts) if v.correct or f.keepIncorrect > 0]
+    # adherence matters only where it decides something: the verdict kept (`filtering.keep`), and incorrect
+    # traces too where some are admitted beside the correct ones
+    if f.keep == "incorrect":
+        need = [i for i, v in enumerate(verdicts) if not v.correct]
+    else:
+        need = [i for i, v in enumerate(verdicts) if v.correct or f.keepIncorrect > 0]
     adherence: list[float | None] = [None] * len(rows)
     if need and mode != STAR_SELECTION:
         scored = _score_adherence(ctx, [rows[i]["completion"] for i in need], [rows[i]["heuristic_id"] for i in need])
@@ -115,7 +120,8 @@ def run(ctx: StageContext) -> StageResult:
             adherence[i] = s
     cands = [Candidate(i, r["question_id"], r["heuristic_id"], r["sample_index"], verdicts[i].correct, adherence[i])
              for i, r in enumerate(rows)]
-    kept = select(cands, mode=mode, keep_incorrect=f.keepIncorrect, seed=ctx.run.spec.seed)
+    kept = select(cands, mode=mode, keep_incorrect=f.keepIncorrect, seed=ctx.run.spec.seed, keep=f.keep,
+                  incorrect_per_question=f.incorrectPerQuestion)
     sft = _write_tables(art.local, rows, verdicts, adherence, kept)
     per_h, groups = _per_heuristic(rows, verdicts, sft)
     (art.local / "per_heuristic.json").write_text(json.dumps(per_h, indent=2, sort_keys=True))

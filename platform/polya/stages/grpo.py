@@ -444,7 +444,7 @@ def run(ctx: StageContext) -> StageResult:
     start = ctx.inputs[MODEL_SLOT].child("model") if MODEL_SLOT in ctx.inputs else spec.model.name
     app = f"{ctx.stage.name}-{ctx.arm.name}"
     job = GRPOJob(
-        learner=ctx.learner_job(art, start), grpo=g, dataset=spec.dataset, few_shot=spec.heuristics.fewShot, verify_workers=spec.filtering.verifyWorkers,
+        learner=ctx.learner_job(art, start), grpo=g, dataset=spec.rl_dataset(), few_shot=spec.heuristics.fewShot, verify_workers=spec.filtering.verifyWorkers,
         verify_timeout=spec.filtering.verifyTimeoutSeconds, app=app)
     cfg = ctx.engine(g.rollout, start, served_name=f"{spec.model.name}@{ctx.stage.name}")
     with rollout_service(ctx, cfg, g.rollout, name=app) as handle:

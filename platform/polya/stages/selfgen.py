@@ -2,7 +2,9 @@
 
 Output: ``selfgen.parquet`` with one row per completion (question id, heuristic id, sample index, the
 question and gold answer, prompt, completion, token counts, finish reason) and ``questions.json`` (the
-dataset load report). The STaR arm uses one heuristic-free prompt per question (heuristic id ``none``).
+dataset load report). The STaR arm uses one heuristic-free prompt per question (heuristic id ``none``). The
+traces come from `selfGeneration.model` where one is set (distillation from another model; its own tokenizer,
+chat template and context length), else from the run's model.
 """
 from __future__ import annotations
 
@@ -33,12 +35,13 @@ def run(ctx: StageContext) -> StageResult:
     if report.rejected:
         log.warning("dataset: %s", report.summary())
     heuristics = [None] if ctx.arm.heuristic_free else select(spec.heuristics.count, spec.heuristics.names)
-    tok = load_tokenizer(spec.model.name, spec.model)
+    writer = spec.generator()  # the run's model, or selfGeneration.model (the distillation baseline's teacher)
+    tok = load_tokenizer(writer.name, writer)
     jobs = [(q, h) for q in questions for h in heuristics]
     prompts = [render_prompt(tok, q.question, h, few_shot=spec.heuristics.fewShot) for q, h in jobs]
     sampling = Sampling(temperature=gen.temperature, top_p=gen.topP, max_tokens=gen.maxTokens,
                         n=gen.samplesPerHeuristic, seed=spec.seed, logprobs=False)  # unused: ~15% faster
-    cfg = ctx.engine(gen, spec.model.name, served_name=spec.model.name)
+    cfg = ctx.engine(gen, writer.name, served_name=writer.name, model=writer)
     with rollout_service(ctx, cfg, gen, name=f"{ctx.stage.name}-{ctx.arm.name}") as handle:
         groups, wall = run_async(generate_all(handle, prompts, sampling, desc="self-generation",
                                               progress=ctx.progress, concurrency=2 * gen.replicas))

@@ -1,0 +1,166 @@
+"""PolyaSweep: expansion into child PolyaRuns (names, labels, overrides, seeds, shared storage), errors that name
+the arm and the path, status aggregation, bootstrap intervals pinned to hand-computed cases, and the sweep
+report's pure parts."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+from polya.analysis.bootstrap import bootstrap
+from polya.analysis.sweep_report import Evaluated, Row, blocks, counts_of, markdown, merge_shared, summarise
+from polya.sweep import LABEL_SWEEP_ARM, aggregate, child_manifest, children, load_sweep
+from polya.validation import validate_sweep_doc
+
+
+def sweep_doc(local_doc: dict, **spec) -> dict:
+    template = copy.deepcopy(local_doc["spec"])
+    template["storage"] = {"uri": "s3://bucket/sweeps/n-vs-q"}
+    body = {"template": template, "seeds": [0, 1],
+            "arms": [{"name": "n4", "set": {"heuristics.count": 4, "dataset.limit": 8}},
+                     {"name": "n1", "set": {"heuristics.count": 1, "dataset.limit": 32,
+                                            "grpo.dataset": {"source": "builtin:arithmetic", "limit": 8}}}]}
+    body.update(spec)
+    return {"apiVersion": "polya.dev/v1alpha1", "kind": "PolyaSweep", "metadata": {"name": "n-vs-q"}, "spec": body}
+
+
+def errors(doc: dict) -> list[str]:
+    return [str(e) for e in validate_sweep_doc(doc)[1]]
+
+
+def test_children_are_the_template_with_each_arm_and_seed(local_doc):
+    sweep = load_sweep(sweep_doc(local_doc))
+    kids = children(sweep)
+    assert [k.metadata.name for k in kids] == ["n-vs-q-n4-s0", "n-vs-q-n4-s1", "n-vs-q-n1-s0", "n-vs-q-n1-s1"]
+    assert [k.spec.seed for k in kids] == [0, 1, 0, 1]
+    n4, n1 = kids[0].spec, kids[2].spec
+    assert (n4.heuristics.count, n4.dataset.limit, n4.grpo.dataset) == (4, 8, None)
+    assert (n1.heuristics.count, n1.dataset.limit, n1.grpo.dataset.limit) == (1, 32, 8)
+    assert n4.rl_dataset().limit == n1.rl_dataset().limit == 8  # budget-matched arms, the same RL questions
+    # untouched template fields carry over
+    assert n1.grpo.steps == local_doc["spec"]["grpo"]["steps"] and n1.model.name == local_doc["spec"]["model"]["name"]
+    # one run folder each, one shared content-addressed store
+    assert kids[3].spec.storage.uri == "s3://bucket/sweeps/n-vs-q/runs/n-vs-q-n1-s1"
+    assert {k.spec.storage.artifact_root() for k in kids} == {"s3://bucket/sweeps/n-vs-q"}
+    assert kids[2].metadata.labels == {"polya.dev/sweep": "n-vs-q", LABEL_SWEEP_ARM: "n1", "polya.dev/sweep-seed": "0"}
+
+
+def test_an_override_starts_from_the_template_as_written(local_doc):
+    """The template's validation fills heuristics.count in; an arm that names heuristics instead must not
+    collide with that filled-in default."""
+    doc = sweep_doc(local_doc)
+    del doc["spec"]["template"]["heuristics"]["count"]
+    from polya.heuristics import CATALOGUE_IDS
+
+    doc["spec"]["arms"] = [{"name": "named", "set": {"heuristics.names": list(CATALOGUE_IDS[:2])}}]
+    kid = children(load_sweep(doc))[0]
+    assert kid.spec.heuristics.count is None and len(kid.spec.heuristics.names) == 2
+
+
+def test_child_manifest_is_owned_by_the_sweep(local_doc):
+    sweep = load_sweep(sweep_doc(local_doc))
+    owner = {"apiVersion": "polya.dev/v1alpha1", "kind": "PolyaSweep", "metadata": {"name": "n-vs-q", "uid": "u-1"}}
+    body = child_manifest(children(sweep)[0], owner)
+    assert body["metadata"]["ownerReferences"] == [{"apiVersion": "polya.dev/v1alpha1", "kind": "PolyaSweep",
+                                                    "name": "n-vs-q", "uid": "u-1", "controller": True,
+                                                    "blockOwnerDeletion": True}]
+    from polya.spec import PolyaRun
+
+    again = PolyaRun.model_validate(body)  # the body is itself a valid PolyaRun
+    assert again.spec == children(sweep)[0].spec
+
+
+@pytest.mark.parametrize("mutate, fragment", [
+    (lambda s: s["arms"][1]["set"].update({"heuristics.count": 65}), "spec.arms[1].set.heuristics.count: "),
+    (lambda s: s["arms"][0]["set"].update({"grpo.grupSize": 4}), "did you mean 'groupSize'"),
+    (lambda s: s["arms"][0]["set"].update({"seed": 3}), "set by the sweep"),
+    (lambda s: s["arms"][0]["set"].update({"heuristics.count.x": 3}), "not an object"),
+    (lambda s: s["arms"].append({"name": "n4"}), "arm names must be unique"),
+    (lambda s: s.update(seeds=[1, 1]), "seeds must be unique"),
+    (lambda s: s.update(seeds=[0, 1234567890123]) or s["arms"][0].update(name="a-very-long-arm-name-x"),
+     "spec.arms[0].name: child PolyaRun 'n-vs-q-a-very-long-arm-name-x-s1234567890123' would be 44 characters"),
+    (lambda s: s.update(arms=[]), "spec.arms: "),
+    (lambda s: s["template"].pop("model"), "spec.template.model: required field is missing"),
+])
+def test_bad_sweeps_name_the_arm_and_the_path(local_doc, mutate, fragment):
+    doc = sweep_doc(local_doc)
+    mutate(doc["spec"])
+    found = errors(doc)
+    assert any(fragment in e for e in found), found
+
+
+def test_status_follows_the_children():
+    sweep = load_sweep(sweep_doc(_local()))
+    names = [k.metadata.name for k in children(sweep)]
+    assert aggregate(sweep, {}).phase == "Pending" and aggregate(sweep, {}).total == 4
+    running = aggregate(sweep, {names[0]: "Succeeded", names[1]: "Running"})
+    assert (running.phase, running.succeeded, running.message) == ("Running", 1, "1/4 children succeeded")
+    done = aggregate(sweep, dict.fromkeys(names, "Succeeded"))
+    assert (done.phase, done.succeeded) == ("Succeeded", 4)
+    failed = aggregate(sweep, {**dict.fromkeys(names, "Succeeded"), names[2]: "Failed"})
+    assert failed.phase == "Failed" and failed.failed == 1 and names[2] in failed.message
+    assert [c.phase for c in failed.children] == ["Succeeded", "Succeeded", "Failed", "Succeeded"]
+
+
+def _local() -> dict:
+    import yaml
+
+    from conftest import EXAMPLES
+
+    return yaml.safe_load((EXAMPLES / "polya-run-local.yaml").read_text())
+
+
+# ------------------------------------------------------------------------------------------- bootstrap
+def test_bootstrap_of_two_problems_is_the_hand_computed_distribution():
+    # one seed, problems scoring 0 and 100: a resample's mean is 0, 50 or 100 with p = 1/4, 1/2, 1/4, so the
+    # 95% percentile interval is [0, 100]; of 20 problems half right, the mean's spread is ~ 50 ± 1.96·50/√20
+    block = np.array([[0.0, 100.0]])
+    wide = bootstrap([block], resamples=4000, confidence=0.95)
+    assert (wide.mean, wide.low, wide.high) == (50.0, 0.0, 100.0)
+    twenty = bootstrap([np.array([[0.0, 100.0] * 10])], resamples=4000)
+    assert twenty.mean == 50.0 and twenty.low == pytest.approx(50 - 1.96 * 50 / 20 ** 0.5, abs=4)
+    assert twenty.high == pytest.approx(50 + 1.96 * 50 / 20 ** 0.5, abs=4)
+
+
+def test_bootstrap_resamples_seeds_and_problems():
+    # the same problems, seeds disagreeing: the interval comes from the seeds alone
+    seeds_only = np.array([[0.0, 0.0, 0.0], [100.0, 100.0, 100.0]])
+    iv = bootstrap([seeds_only], resamples=4000)
+    assert (iv.mean, iv.low, iv.high) == (50.0, 0.0, 100.0)
+    # no variation anywhere: a point
+    flat = bootstrap([np.full((3, 5), 40.0)])
+    assert (flat.mean, flat.low, flat.high) == (40.0, 40.0, 40.0)
+    # two benchmarks: the figure is the mean of the benchmark means, whatever their sizes
+    two = bootstrap([np.full((2, 1), 10.0), np.full((2, 9), 50.0)])
+    assert two.mean == 30.0 and two.low == two.high == 30.0
+    assert bootstrap([seeds_only], seed=3) == bootstrap([seeds_only], seed=3)
+    with pytest.raises(ValueError, match="same seeds"):
+        bootstrap([np.zeros((2, 3)), np.zeros((3, 3))])
+
+
+# --------------------------------------------------------------------------------------- sweep report
+def _ev(artifact: str, cells: dict, comp: float | None = None) -> Evaluated:
+    return Evaluated(artifact, {"arith": cells}, comp)
+
+
+def test_report_rows_pass_at_k_on_common_problems_and_shared_models():
+    samples = [{"benchmark": "arith", "question_id": q, "status": s}
+               for q, statuses in (("a", ["correct", "wrong"]), ("b", ["wrong", "wrong"])) for s in statuses]
+    assert counts_of(samples) == {"arith": {"a": (2, 1), "b": (2, 0)}}
+    # seed 1 also answered a problem seed 0 did not: only the common ones enter
+    by_seed = {0: _ev("e0", {"a": (2, 1), "b": (2, 0)}, 0.2), 1: _ev("e1", {"a": (2, 2), "b": (2, 0), "c": (2, 2)}, 0.4)}
+    (block,) = blocks(by_seed, 1)
+    assert block.tolist() == [[50.0, 0.0], [100.0, 0.0]]
+    base_a, base_b = Row("n4", "base", dict(by_seed)), Row("n1", "base", dict(by_seed))
+    polya = Row("n1", "polya", {0: _ev("p0", {"a": (2, 2), "b": (2, 2)}), 1: _ev("p1", {"a": (2, 2), "b": (2, 2)})})
+    rows = merge_shared([base_a, polya, base_b])
+    assert [(r.arm, r.model, r.also) for r in rows] == [("n4", "base", ["n1"]), ("n1", "polya", [])]
+    summary = summarise(rows, [1, 2, 4], resamples=500, confidence=0.95)
+    assert summary[0]["pass_at_k"]["1"]["mean"] == 37.5  # (50 + 0 + 100 + 0) / 4
+    assert summary[0]["pass_at_k"]["2"]["mean"] == 50.0  # pass@2 of (2, 1) is 1, of (2, 2) is 1, of (2, 0) is 0
+    assert "4" not in summary[0]["pass_at_k"]  # k above the samples per problem: not estimable
+    assert summary[1]["pass_at_k"]["1"] == {"mean": 100.0, "low": 100.0, "high": 100.0}
+    assert summary[0]["composition"] == pytest.approx({"mean": 0.3, "min": 0.2, "max": 0.4})
+    md = markdown("s", summary, [1, 2, 4], 0.95, "4/4 children have results.", [])
+    assert "| n4/n1: base model | 2 | 37.5 [" in md and "| n1: Polya (SFT + GRPO) | 2 | 100.0 [100.0, 100.0]" in md
