@@ -309,6 +309,8 @@ def check_inputs(run: "PolyaRun", path: str, reads: set[str] | None = None) -> N
         sources.append(("grpo.dataset.source", spec.grpo.dataset, "dataset"))
     sources += [(f"evaluation.benchmarks[{i}].source", b, "evaluation") for i, b in enumerate(spec.evaluation.benchmarks)]
     uris = [("storage.uri", spec.storage.uri), ("model.name", spec.model.name)]
+    if spec.storage.artifacts:
+        uris.append(("storage.artifacts", spec.storage.artifacts))
     if spec.selfGeneration.model is not None:
         uris.append(("selfGeneration.model.name", spec.selfGeneration.model.name))
     if spec.filtering.rewardModel.name:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from polya.spec import PolyaRun
 
 
-def _storage(uri: str) -> str | None:
+def _storage(uri: str, field: str = "storage.uri") -> str | None:
     from polya import storage
 
     if not storage.is_remote(uri):
@@ -14,10 +14,10 @@ def _storage(uri: str) -> str | None:
         fs, path = storage.filesystem(uri)
         bucket = path.split("/", 1)[0]
         if not fs.exists(bucket):
-            return (f"storage.uri: bucket {bucket!r} does not exist or these credentials cannot see it "
+            return (f"{field}: bucket {bucket!r} does not exist or these credentials cannot see it "
                     f"(create it, or fix the URI or the stage pods' credentials)")
     except Exception as exc:  # noqa: BLE001 - backends raise their own types (botocore, gcsfs, …)
-        return f"storage.uri: {uri} cannot be reached: {str(exc).splitlines()[0] or type(exc).__name__}"
+        return f"{field}: {uri} cannot be reached: {str(exc).splitlines()[0] or type(exc).__name__}"
     return None
 
 
@@ -26,7 +26,10 @@ def problems(run: PolyaRun) -> list[str]:
     from polya.models import ModelNotAvailable, resolve
 
     spec = run.spec
-    found = [p for p in [_storage(spec.storage.uri)] if p]
+    stores = [("storage.uri", spec.storage.uri)]
+    if spec.storage.artifacts and spec.storage.artifacts != spec.storage.uri:
+        stores.append(("storage.artifacts", spec.storage.artifacts))
+    found = [p for p in (_storage(uri, field) for field, uri in stores) if p]
     models = [(spec.model.name, spec.model.revision, "model.name")]
     if spec.selfGeneration.model is not None:
         models.append((spec.selfGeneration.model.name, spec.selfGeneration.model.revision, "selfGeneration.model.name"))

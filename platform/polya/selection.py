@@ -9,8 +9,8 @@
 * ``keep="incorrect"`` (the paper's incorrect-trace ablation): the same groups, but each keeps its most
   adherent *incorrect* trace and no correct one; ``incorrect_per_question`` = m keeps, per question, a seeded
   sample of m of those groups (m incorrect approaches per question; all of them by default). The sample for
-  a question depends only on the seed and the question, so arms with different m share their choices'
-  prefix logic deterministically and a rerun keeps the same traces.
+  a question depends only on the seed and the question (one seeded shuffle of its groups, of which the first m
+  are kept), so an arm with m = 2 keeps a subset of the m = 3 arm's traces and a rerun keeps the same ones.
 """
 from __future__ import annotations
 
@@ -50,7 +50,9 @@ def _incorrect_only(groups: dict[tuple[str, str], list[Candidate]], per_question
     for question in sorted(picks):
         chosen = picks[question]
         if per_question is not None and len(chosen) > per_question:
-            chosen = random.Random(f"{seed}:{question}").sample(chosen, k=per_question)
+            order = list(chosen)  # one seeded shuffle per question: m = 2's choice is a prefix of m = 3's
+            random.Random(f"{seed}:{question}").shuffle(order)
+            chosen = order[:per_question]
         kept.extend(c.index for c in chosen)
     return sorted(kept)
 

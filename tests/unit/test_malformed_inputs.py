@@ -150,6 +150,9 @@ CORPUS = [
          spec_file("s3.yaml", lambda s: s["storage"].update(uri="s3://polya-no-such-bucket/run")), env=UNREACHABLE_S3),
     Case("s3fs-missing", ["run", "--dry-run", "{d}/s3.yaml"], "spec.storage.uri", shadow_s3fs,
          env={"PYTHONPATH": "{d}/no_s3fs"}),
+    Case("artifacts-unreachable", ["run", "{d}/s3.yaml"], "storage.artifacts",  # results local, stage outputs not
+         spec_file("s3.yaml", lambda s: s["storage"].update(artifacts="s3://polya-no-such-bucket/shared")),
+         env=UNREACHABLE_S3),
 ]
 
 

@@ -74,5 +74,11 @@ def test_incorrect_per_question_controls_the_number_of_approaches():
     picks = {tuple(select(WRONG, keep="incorrect", incorrect_per_question=2, seed=s)) for s in range(20)}
     assert len(picks) > 1  # the seed decides which approaches
     assert select(WRONG, keep="incorrect", incorrect_per_question=9) == everything[-4:]
+    # nested: an arm with fewer incorrect approaches keeps a subset of the next arm's (64 heuristics: also
+    # where random.sample would switch algorithm between m and m + 1)
+    many = [C(i, "q9", f"h{i}", 0, False, 0.1) for i in range(64)]
+    for s in range(5):
+        sets = [set(select(many, keep="incorrect", incorrect_per_question=m, seed=s)) for m in range(1, 30)]
+        assert all(a < b for a, b in zip(sets, sets[1:])), s
     with pytest.raises(ValueError, match="keep"):
         select(CANDS, keep="wrong")

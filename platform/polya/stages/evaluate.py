@@ -99,7 +99,7 @@ def _composition(ctx: StageContext, chains: dict[str, list[tuple[str, list[str]]
     texts = [chains[b][p][1][s] for b, p, s in picks]
     kept = kept_traces(ctx)
     used, reference = _classify(ctx, [texts, kept or []])
-    result = summarise(used, CATALOGUE_IDS, reference if kept is not None else None).to_dict()
+    result = summarise(used, CATALOGUE_IDS, reference if kept else None).to_dict()  # no kept traces: no reference
     result["classifier"] = comp.classifier
     result["per_benchmark"] = {b: composition_rate([u for (pb, _, _), u in zip(picks, used) if pb == b])
                                for b in chains}
