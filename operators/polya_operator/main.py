@@ -141,6 +141,28 @@ def _read_results(run: dict[str, Any]) -> dict[str, dict[str, Any]]:
         return {}
 
 
+def _lease_lookup(run: dict[str, Any]):
+    """(stage, key) -> the other run holding a live lease on that artifact (best effort, object stores only,
+    as `_cached_lookup`: a stage that finds the lease itself waits on it in its RayJob)."""
+    from polya import storage
+    from polya.lease import holder
+
+    where = run["spec"]["storage"]
+    root = where.get("artifacts") or where["uri"]
+    if not storage.is_remote(root):
+        return lambda stage, key: None
+
+    def lookup(stage: str, key: str) -> str | None:
+        from polya.artifacts import ArtifactStore
+
+        try:
+            return holder(ArtifactStore(root).uri, stage, key, unless=run["metadata"]["name"])
+        except Exception as exc:  # noqa: BLE001
+            log.debug("lease %s/%s of %s not checked: %s", stage, key, run["metadata"]["name"], exc)
+            return None
+    return lookup
+
+
 def _cached_lookup(run: dict[str, Any]):
     """(stage, key) -> {"artifactUri", "figures"} when the artifact's manifest is in the run's storage (best
     effort: an unreachable store reuses nothing, the stage's RayJob then finds out for itself). Only object
@@ -270,6 +292,7 @@ def reconcile_one(ns: str, name: str) -> float | None:
         observed.configmap = observed.applied_spec is not None
         observed.rayservice = (ns, rayservice_name(name)) in _cache.rayservices
         observed.cached = _cached_lookup(run)
+        observed.leased = _lease_lookup(run)
         if any(((j.get("status") or {}).get("jobStatus") or "").upper() == "SUCCEEDED" for j in jobs):
             observed.results = _read_results(run)
 

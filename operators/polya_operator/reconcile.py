@@ -58,6 +58,9 @@ class Observed:
     #: (stage, cache key) -> {"artifactUri", "figures"} when that artifact is complete in the run's storage
     #: (its manifest exists: any run with the same storage made it), else None
     cached: Callable[[str, str], dict[str, Any] | None] = lambda stage, key: None
+    #: (stage, cache key) -> the name of another run holding a live lease on that artifact (computing it now:
+    #: `polya.lease`), else None
+    leased: Callable[[str, str], str | None] = lambda stage, key: None
 
 
 @dataclass
@@ -275,6 +278,8 @@ def _walk(p: _Pass, steps: list[PlannedStage]) -> _Walk:
                 return outcome
         if _reuse(p, step, st, steps):
             continue
+        if not p.spec.suspend and _wait_for_holder(p, step, st, steps):
+            return "running"
         return "running" if _start_pending(p, step, st) else "stop"
     return "done"
 
@@ -365,6 +370,26 @@ def _succeed(p: _Pass, step: PlannedStage, st: StageStatus) -> None:
         st.figures = {k: float(v) for k, v in result["figures"].items()}
     p.decision.finished.append(st)
     p.event("Normal", "StageSucceeded", f"{step.key} succeeded (attempt {st.attempts})")
+
+
+#: how often a step waiting for another run's artifact looks again (the holder's lease or its manifest)
+LEASE_RECHECK_S = float(os.environ.get("POLYA_OPERATOR_LEASE_RECHECK_S", "30"))
+
+
+def _wait_for_holder(p: _Pass, step: PlannedStage, st: StageStatus, steps: list[PlannedStage]) -> bool:
+    """Another run (a sibling in a sweep) computes this step's artifact right now: start no RayJob — its pods
+    would only wait on the lease — and look again in LEASE_RECHECK_S; `_reuse` takes the artifact once it is
+    complete, and a holder that dies lets its lease go stale, after which this step starts its own RayJob."""
+    key = artifact_key(p.spec, step, p.status.stages, steps)
+    who = p.observed.leased(str(step.stage), key) if key else None
+    if not who:
+        return False
+    message = f"waiting for PolyaRun {who}, which computes this step's artifact (reused when complete)"
+    if st.message != message:
+        p.event("Normal", "WaitingForArtifact", f"{step.key}: {message}")
+    st.message = message
+    p.decision.requeue_after = LEASE_RECHECK_S
+    return True
 
 
 def _start_pending(p: _Pass, step: PlannedStage, st: StageStatus) -> bool:

@@ -95,7 +95,12 @@ class StageDef:
     def run(self, ctx: Any) -> Any:
         import importlib
 
-        return importlib.import_module(self.module).run(ctx)
+        try:
+            return importlib.import_module(self.module).run(ctx)
+        finally:
+            release = getattr(ctx, "release", None)
+            if release is not None:
+                release()  # the step's artifact lease (`polya.lease`), taken in ctx.begin()
 
 
 _COMMON = ("model", "heuristics.fewShot", "seed")

@@ -130,9 +130,13 @@ def write_json(uri: str, value: Any) -> None:
 
 
 def remove(uri: str) -> None:
-    """Delete the tree under ``uri`` (nothing when absent)."""
+    """Delete the tree (or the file) at ``uri`` (nothing when absent)."""
     if not is_remote(uri):
-        shutil.rmtree(local_path(uri), ignore_errors=True)
+        path = local_path(uri)
+        if path.is_file() or path.is_symlink():
+            path.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
         return
     fs, path = filesystem(uri)
     if fs.exists(path):

@@ -455,3 +455,34 @@ def test_stages_complete_in_storage_are_reused_without_a_rayjob(run):
     d = step(run2, Observed(cached=only_first_two))
     assert [o["metadata"]["name"] for o in d.create if o["kind"] == "RayJob"] == ["r-polya-filter-1"]
     assert [s["phase"] for s in d.status["stages"][:3]] == ["Succeeded", "Succeeded", "Running"]
+
+
+def test_a_step_another_run_is_computing_waits_without_a_rayjob_then_is_reused(run):
+    """A sweep sibling holds the lease on this step's artifact: no RayJob (its pods would only wait), the
+    stage says whom it waits for and the run looks again; once the manifest is there the step is reused; a
+    lease nobody holds any more (stale: `leased` answers None) lets the step start its own RayJob."""
+    from polya_operator.reconcile import LEASE_RECHECK_S
+
+    holder = {"name": "sweep-lr-a-s0"}
+    first_key = []
+
+    def leased(stage, key):
+        first_key.append((stage, key))
+        return holder["name"]
+
+    d = step(run, Observed(configmap=True, leased=leased))
+    assert [o["kind"] for o in d.create] == [] and d.requeue_after == LEASE_RECHECK_S
+    first = d.status["stages"][0]
+    assert first["phase"] == "Pending" and "sweep-lr-a-s0" in first["message"] and first.get("attempts", 0) == 0
+    assert d.status["phase"] == "Running" and [e.reason for e in d.events].count("WaitingForArtifact") == 1
+
+    run["status"] = d.status  # the holder committed: the next pass reuses its artifact
+    done = lambda stage, key: {"artifactUri": f"s3://b/{stage}/{key}"} if (stage, key) == first_key[0] else None  # noqa: E731
+    d = step(run, Observed(configmap=True, leased=leased, cached=done))
+    assert d.status["stages"][0]["phase"] == "Succeeded" and d.status["stages"][0]["message"].startswith("reused")
+    assert not [o for o in d.create if o["kind"] == "RayJob"]  # the next step: the holder computes it too
+
+    holder["name"] = None  # its lease went stale (the holder died): this run computes the step itself
+    run["status"] = d.status
+    d = step(run, Observed(configmap=True, leased=leased, cached=done))
+    assert [o["metadata"]["name"] for o in d.create if o["kind"] == "RayJob"] == ["r-polya-selfgen-1"]

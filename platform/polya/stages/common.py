@@ -38,6 +38,7 @@ class StageContext:
     inputs: dict[str, Artifact] = field(default_factory=dict)
     http_port: int = 8000
     progress: bool = field(default_factory=lambda: sys.stderr.isatty())
+    _lease: Any = field(default=None, init=False, repr=False)  # `polya.lease.Lease` while this step computes
 
     def __post_init__(self) -> None:
         if not isinstance(self.stage, StageDef):
@@ -58,12 +59,25 @@ class StageContext:
         return self.store.artifact(self.stage.name, self.key())
 
     def begin(self) -> tuple[Artifact, StageResult | None]:
-        """(artifact, cached result): the cached result when the step already completed, else a clean folder."""
+        """(artifact, cached result): the cached result when the step already completed, else a clean folder.
+        Another run computing the same artifact right now (its lease is live) is waited for: its result is
+        then this step's cache hit (`polya.lease`). The lease is this step's until `release`."""
+        from polya.lease import Lease, lease_uri
+
         art = self.artifact()
-        if art.exists():
-            return art, StageResult(art.uri, art.manifest()["figures"], skipped=True)
-        self.store.begin(art)
-        return art, None
+        if not art.exists():
+            lease = Lease(lease_uri(self.store.uri, self.stage.name, art.key), run=self.run.metadata.name)
+            if lease.acquire(art.exists):
+                self._lease = lease
+                self.store.begin(art)
+                return art, None
+        return art, StageResult(art.uri, art.manifest()["figures"], skipped=True)
+
+    def release(self) -> None:
+        """The step ended (committed or failed): its lease, if it took one, is given up."""
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            lease.release()
 
     def learner_job(self, art: Artifact, model: str) -> LearnerJob:
         """Where this stage's learners start (``model``: a reference) and write (``art``, its checkpoints)."""
