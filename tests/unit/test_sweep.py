@@ -164,3 +164,14 @@ def test_report_rows_pass_at_k_on_common_problems_and_shared_models():
     assert summary[0]["composition"] == pytest.approx({"mean": 0.3, "min": 0.2, "max": 0.4})
     md = markdown("s", summary, [1, 2, 4], 0.95, "4/4 children have results.", [])
     assert "| n4/n1: base model | 2 | 37.5 [" in md and "| n1: Polya (SFT + GRPO) | 2 | 100.0 [100.0, 100.0]" in md
+
+
+def test_report_ks_include_an_arms_own_evaluation_k(local_doc):
+    from polya.analysis.sweep_report import report_ks
+
+    doc = sweep_doc(local_doc)
+    template_k = doc["spec"]["template"]["evaluation"]["k"]
+    assert report_ks(load_sweep(doc)) == sorted(template_k)
+    doc["spec"]["arms"][1]["set"]["evaluation.k"] = [1, 3, 5]  # this arm samples differently
+    doc["spec"]["arms"][1]["set"]["evaluation.samples"] = 5
+    assert report_ks(load_sweep(doc)) == sorted(set(template_k) | {1, 3, 5})

@@ -162,13 +162,21 @@ def collect(sweep) -> tuple[list[Row], dict[str, int]]:
     return sorted(rows.values(), key=lambda r: (order[r.arm], models.get(r.model, 99))), seen
 
 
+def report_ks(sweep) -> list[int]:
+    """Every k some child evaluates (an arm may override ``evaluation.k``); a row shows each k its samples
+    allow (`summarise`)."""
+    from polya.sweep import children
+
+    return sorted({k for child in children(sweep) for k in child.spec.evaluation.k})
+
+
 def build_sweep_report(sweep, out_dir: Path) -> Path:
     from polya.analysis.plots import plot_pass_at_k
 
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, seen = collect(sweep)
     rows = merge_shared(rows)
-    ks = sweep.spec.template.evaluation.k
+    ks = report_ks(sweep)
     summary = summarise(rows, ks, sweep.spec.bootstrap, sweep.spec.confidence)
     plots = []
     curves = {e["label"]: {int(k): v["mean"] for k, v in e["pass_at_k"].items()} for e in summary if e["pass_at_k"]}
