@@ -22,6 +22,7 @@ import importlib.util
 import json
 import os
 import shutil
+import uuid
 import time
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def _convert_smollm2(dest: Path) -> None:
     model.tie_weights()
     model = model.to(torch.bfloat16)
     model.config.dtype = "bfloat16"
-    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}-{uuid.uuid4().hex[:8]}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)

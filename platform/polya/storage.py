@@ -120,7 +120,7 @@ def write_json(uri: str, value: Any) -> None:
     if not is_remote(uri):
         path = local_path(uri)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}-{uuid.uuid4().hex[:8]}")  # unique per writer, threads too
         tmp.write_text(text)
         os.replace(tmp, path)
         return
@@ -248,7 +248,7 @@ def _download(uri: str, dest: Path, expected: dict[str, dict[str, Any]], signatu
     if missing:
         raise StorageError(f"{uri}: {len(missing)} file(s) the manifest lists are not in storage, e.g. {missing[0]}")
     fs, root = filesystem(uri)
-    tmp = dest.with_name(f"{dest.name}.tmp{os.getpid()}")
+    tmp = dest.with_name(f"{dest.name}.tmp{os.getpid()}-{uuid.uuid4().hex[:8]}")
     shutil.rmtree(tmp, ignore_errors=True)
     for rel, size in sizes.items():
         target = tmp / rel
