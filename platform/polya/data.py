@@ -57,6 +57,17 @@ _ITEMS = ["apples", "marbles", "stickers", "books", "pencils", "coins", "cards",
 _CONTAINERS = ["boxes", "bags", "jars", "baskets", "crates", "packs"]
 
 
+def _level0(rng: random.Random) -> tuple[str, int]:
+    """One single-digit sum or difference: what a 135M model answers in about a quarter of its samples (the demo's
+    GRPO needs groups with some right and some wrong answers to learn from)."""
+    n, item = rng.choice(_NAMES), rng.choice(_ITEMS)
+    a, b = rng.randint(2, 9), rng.randint(1, 9)
+    if rng.random() < 0.5:
+        return f"{n} has {a} {item} and gets {b} more. How many {item} does {n} have now?", a + b
+    a, b = max(a, b), min(a, b)
+    return f"{n} has {a} {item} and gives away {b}. How many {item} does {n} have left?", a - b
+
+
 def _level1(rng: random.Random) -> tuple[str, int]:
     n, item = rng.choice(_NAMES), rng.choice(_ITEMS)
     a, b = rng.randint(5, 60), rng.randint(2, 40)
@@ -89,7 +100,7 @@ def _level3(rng: random.Random) -> tuple[str, int]:
             f"{item}. How many {item} did {n} have at first?", a + paid_k)
 
 
-_LEVELS = {1: _level1, 2: _level2, 3: _level3}
+_LEVELS = {0: _level0, 1: _level1, 2: _level2, 3: _level3}
 
 
 def arithmetic(n: int, seed: int = 0, difficulty: Iterable[int] = (1, 2)) -> list[Question]:
@@ -97,7 +108,7 @@ def arithmetic(n: int, seed: int = 0, difficulty: Iterable[int] = (1, 2)) -> lis
     levels = sorted(set(difficulty))
     bad = [lv for lv in levels if lv not in _LEVELS]
     if bad:
-        raise ValueError(f"difficulty levels must be in 1..3, got {bad}")
+        raise ValueError(f"difficulty levels must be in 0..3, got {bad}")
     out = []
     for i in range(n):
         rng = random.Random(f"{seed}:{i}")  # per-item seeding: question i does not depend on n

@@ -165,10 +165,11 @@ class QuestionSourceSpec(_Model):
     idField: str | None = Field(default=None, description="Field holding a stable question id (else the row index).")
     limit: PositiveInt | None = Field(default=None, description="Use only the first `limit` questions.")
     seed: int = Field(default=0, description="Seed of builtin generators (use different seeds for training and benchmark sets).")
-    difficulty: list[Annotated[int, Field(ge=1, le=3)]] = Field(
+    difficulty: list[Annotated[int, Field(ge=0, le=3)]] = Field(
         default_factory=lambda: [1, 2],
         min_length=1,
-        description="Difficulty levels (1-3) for builtin:arithmetic; ignored for other sources.",
+        description="Difficulty levels for builtin:arithmetic (0: single-digit sums and differences; 1: one step "
+        "with numbers up to 60; 2: two steps; 3: remainders and working backwards); ignored for other sources.",
     )
 
     @field_validator("source")

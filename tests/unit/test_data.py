@@ -30,11 +30,14 @@ def _solve(q: str) -> int:
 
 
 def test_arithmetic_is_seeded_and_exact():
-    a = arithmetic(60, seed=3, difficulty=[1, 2, 3])
-    assert a == arithmetic(60, seed=3, difficulty=[1, 2, 3])
-    assert a != arithmetic(60, seed=4, difficulty=[1, 2, 3])
-    assert arithmetic(10, seed=3, difficulty=[1, 2, 3]) == a[:10]  # question i does not depend on n
-    assert {q.meta["difficulty"] for q in a} == {1, 2, 3}
+    a = arithmetic(60, seed=3, difficulty=[0, 1, 2, 3])
+    assert a == arithmetic(60, seed=3, difficulty=[0, 1, 2, 3])
+    assert a != arithmetic(60, seed=4, difficulty=[0, 1, 2, 3])
+    assert arithmetic(10, seed=3, difficulty=[0, 1, 2, 3]) == a[:10]  # question i does not depend on n
+    assert {q.meta["difficulty"] for q in a} == {0, 1, 2, 3}
+    for q in a:  # level 0: single-digit operands only
+        if q.meta["difficulty"] == 0:
+            assert all(len(tok) == 1 for tok in re.findall(r"\d+", q.question)), q.question
     assert len({q.id for q in a}) == 60
     for q in a:
         assert int(q.answer) == _solve(q.question), q.question
