@@ -34,9 +34,9 @@ def _plots(results: dict[str, Any], evals: dict[str, dict], out_dir: Path) -> li
     if curves:
         plot_pass_at_k(curves, out_dir / "passk.png", title="pass@k by model")
         plots.append(("pass@k against k", "passk.png"))
-    grpo_key, filter_key = PlannedStage(MAIN_ARM, Stage.GRPO).key, PlannedStage(MAIN_ARM, Stage.FILTER).key
-    if grpo_key in results:
-        rows = read_json(join(results[grpo_key]["artifact"], "steps.json"))
+    filter_key = PlannedStage(MAIN_ARM, Stage.FILTER).key
+    rows = _grpo_rows(results)
+    if rows:
         plot_rewards(rows, out_dir / "grpo_reward.png")
         plots.append(("GRPO reward curve", "grpo_reward.png"))
     if filter_key in results:
@@ -51,6 +51,40 @@ def _plots(results: dict[str, Any], evals: dict[str, dict], out_dir: Path) -> li
                        "chains combining >= 2 heuristics", ("before RL", "after RL"))
         plots.append(("composition rate before and after RL", "composition.png"))
     return plots
+
+
+def reward_windows(rows: list[dict], window: int = 5) -> tuple[float, float]:
+    """Mean training reward of the first and of the last ``window`` scored steps (fewer when the run has under
+    2 x window steps: the two halves). One step's mean over a few groups is noisy; five steps' means are what the
+    report compares to say whether GRPO moved the reward."""
+    scored = [r["reward_mean"] for r in rows if "reward_mean" in r]
+    if not scored:
+        return float("nan"), float("nan")
+    w = max(1, min(window, len(scored) // 2))
+    return sum(scored[:w]) / w, sum(scored[-w:]) / w
+
+
+def _grpo_rows(results: dict[str, Any]) -> list[dict]:
+    """The main arm's GRPO steps.json rows ([] when the run has no GRPO result)."""
+    key = PlannedStage(MAIN_ARM, Stage.GRPO).key
+    return read_json(join(results[key]["artifact"], "steps.json")) if key in results else []
+
+
+def _grpo_section(rows: list[dict], window: int = 5) -> list[str]:
+    """Training reward and pass rate of GRPO's first and last ``window`` steps: did RL move anything."""
+    scored = [r for r in rows if "reward_mean" in r]
+    if len(scored) < 2:
+        return []
+    w = max(1, min(window, len(scored) // 2))
+    first, last = reward_windows(scored, window)
+    passes = [r.get("pass_rate", float("nan")) for r in scored]
+    p_first, p_last = sum(passes[:w]) / w, sum(passes[-w:]) / w
+    zero = sum(r.get("zero_signal_groups", 0) for r in scored)
+    return ["", "## GRPO training reward", "",
+            f"{len(scored)} steps; means over the first and the last {w} steps ({zero} zero-signal groups in all).",
+            "", f"| | first {w} steps | last {w} steps | change |", "|---|---:|---:|---:|",
+            f"| reward | {first:.3f} | {last:.3f} | {last - first:+.3f} |",
+            f"| pass rate | {p_first:.3f} | {p_last:.3f} | {p_last - p_first:+.3f} |"]
 
 
 def _composition_section(evals: dict[str, dict]) -> list[str]:
@@ -81,6 +115,7 @@ def _markdown(run, results: dict[str, Any], evals: dict[str, dict], plots: list[
     for arm, ev in evals.items():
         row = _headline(ev)
         md.append(f"| {_label(arm)} | " + " | ".join(f"{row[str(k)]:.2f}" for k in ks) + " |")
+    md += _grpo_section(_grpo_rows(results))
     md += _composition_section(evals)
     md += ["", "## Stages", "", "| step | time | figures |", "|---|---:|---|"]
     for key, r in results.items():

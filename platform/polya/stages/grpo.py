@@ -373,8 +373,12 @@ def _moved(before: tuple[list[int], list[float]], after: tuple[list[int], list[f
 def _figures(rows: list[dict], synced_version: int, moved: bool) -> dict[str, float]:
     scored = [r for r in rows if "reward_mean" in r]
     saved = [r for r in rows if "t_checkpoint" in r]
+    from polya.analysis.report import reward_windows
+
+    first5, last5 = reward_windows(rows)
     return {"steps": len(rows), "reward_first": scored[0]["reward_mean"] if scored else float("nan"),
             "reward_last": scored[-1]["reward_mean"] if scored else float("nan"),
+            "reward_first5": first5, "reward_last5": last5,
             "zero_signal_groups": float(sum(r.get("zero_signal_groups", 0) for r in rows)),
             "s_per_step": float(sum(r["t_rollout"] + r["t_reference"] + r["t_learn"] + r["t_sync"] for r in scored)
                                 / max(1, len(scored))),
