@@ -41,6 +41,7 @@ test: setup
 	bash tools/images/ensure-base.sh >/dev/null
 	@# Debian's Prometheus (2.42): the end-to-end test scrapes the operator and the stage pods with it
 	bash tools/prometheus/ensure-prometheus.sh >/dev/null
+	bash tools/sandbox/ensure-bwrap.sh >/dev/null
 	$(PY) -m pytest -q tests
 
 test-fast: setup
