@@ -228,10 +228,27 @@ def _bad_answer(value: Any) -> bool:
     return isinstance(value, dict) or (isinstance(value, float) and not math.isfinite(value))
 
 
+def iter_rows(source: str, split: str) -> Iterable[tuple[dict | None, str | None]]:
+    """``(row, None)`` for each object row of ``source``, ``(None, reason)`` for each row that is not one: the
+    reader behind `load_questions`, for loaders of other row formats (`polya.benchmarks`)."""
+    for row in _read_rows(source, split):
+        if isinstance(row, _BadRow):
+            yield None, row.reason
+        elif not isinstance(row, dict):
+            yield None, NOT_AN_OBJECT
+        else:
+            yield row, None
+
+
 def load_questions(spec: QuestionSourceSpec) -> tuple[list[Question], LoadReport]:
     """Questions from ``spec`` and a report of the rows that could not be used. Bad rows are counted, never
     fatal; a source without a single usable question raises `UserError` (with the report's summary): no
-    stage can do anything with it."""
+    stage can do anything with it. A benchmark whose kind is not math (code, choice, or auto: read off its
+    file) is loaded by `polya.benchmarks`."""
+    if getattr(spec, "kind", "math") != "math":
+        from polya.benchmarks import load_benchmark
+
+        return load_benchmark(spec)[1:]
     report = LoadReport(source=spec.source)
     if spec.source.startswith("builtin:"):
         qs = arithmetic(spec.limit or 256, seed=spec.seed, difficulty=spec.difficulty)

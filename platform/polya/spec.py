@@ -575,6 +575,14 @@ class GRPOSpec(LearnerSpec):
 class BenchmarkSpec(QuestionSourceSpec):
     name: str = Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9_.-]*$", description="Short name used in reports.")
     split: str = Field(default="test", min_length=1)
+    kind: Literal["auto", "math", "code", "choice"] = Field(
+        default="auto",
+        description="How completions are prompted and graded (polya.graders). math: the math prompt, answers "
+        "checked by math-verify; code: HumanEval format (prompt, test, entry_point), the completed function run "
+        "against the tests in the sandbox; choice: MuSR format (context, question, choices, answer index), the "
+        "chosen letter compared with the gold one; auto: read off the file's first row (HumanEval fields: code; "
+        "context/narrative with choices: choice; anything else: math).",
+    )
 
 
 class CompositionSpec(_Model):

@@ -4,6 +4,15 @@ The model is the arm's latest model artifact (``ctx.inputs["model"]``: a folder 
 the base model for the ``base`` arm. Outputs: ``eval.json``, ``eval.md`` (per-benchmark table and
 average), ``passk.png`` (pass@k against k) and ``samples.parquet`` (every completion and its verdict).
 
+Each benchmark is prompted and graded by the grader of its kind (``evaluation.benchmarks[].kind``, read off
+the file for ``auto``: `polya.benchmarks`, `polya.graders`): math by math-verify under the math prompt, code
+(HumanEval) by running the tests in the sandbox, choice (MuSR) by the chosen letter. The ``average`` row is
+the mean over the **math** benchmarks only, as the paper reports it (its six-benchmark average is over math
+benchmarks; HumanEval and MuSR are reported beside it, not inside it); it is there when there are two or more
+math benchmarks, and it is the headline figure (else the first math benchmark, else the first benchmark).
+When code or choice benchmarks are present, eval.md notes the mean over every benchmark of every kind under
+the table (``average_all`` in eval.json, null otherwise).
+
 Composition (`polya.analysis.composition`, whose docstring says how the figures are defined): up to
 ``composition.chains`` completions, an equal share per benchmark, classified against the whole catalogue;
 the kept traces that mid-trained the arm's model, found by content address, classified the same way for
@@ -18,13 +27,13 @@ from polya.analysis.chain_sample import even_sample, subsample
 from polya.analysis.composition import composition_rate, markdown, summarise
 from polya.analysis.passk import mean_pass_at_k
 from polya.analysis.plots import plot_pass_at_k
-from polya.data import load_questions
+from polya.benchmarks import load_benchmark
 from polya.engines.base import Sampling
-from polya.heuristics import CATALOGUE_IDS, render_prompt
+from polya.graders import GraderSettings, Graders
+from polya.heuristics import CATALOGUE_IDS
 from polya.models import load_tokenizer
 from polya.recipe import MODEL_SLOT, Stage, lineage_step, midtraining_data, planned_keys
 from polya.stages.common import StageContext, StageResult, generate_all, log, rollout_service, run_async
-from polya.verify import Verifier
 
 
 def model_ref(ctx: StageContext) -> tuple[str, str]:
@@ -35,13 +44,39 @@ def model_ref(ctx: StageContext) -> tuple[str, str]:
     return ctx.run.spec.model.name, ctx.run.spec.model.name
 
 
-def markdown_table(results: dict[str, dict[int, float]], ks: list[int]) -> str:
-    head = "| benchmark | " + " | ".join(f"pass@{k}" for k in ks) + " |"
-    sep = "|---|" + "---:|" * len(ks)
+def markdown_table(results: dict[str, dict[int, float]], ks: list[int], kinds: dict[str, str] | None = None) -> str:
+    """The pass@k table; ``kinds``: benchmark -> kind, a column (the ``average`` row is the math average)."""
+    kinds = kinds or {}
+    head = "| benchmark | kind | " + " | ".join(f"pass@{k}" for k in ks) + " |"
+    sep = "|---|---|" + "---:|" * len(ks)
     lines = [head, sep]
     for name, row in results.items():
-        lines.append(f"| {name} | " + " | ".join(f"{row[k]:.2f}" for k in ks) + " |")
+        kind = kinds.get(name, "math" if name == AVERAGE else "")
+        lines.append(f"| {name} | {kind} | " + " | ".join(f"{row[k]:.2f}" for k in ks) + " |")
     return "\n".join(lines)
+
+
+AVERAGE = "average"
+
+
+def averages(results: dict[str, dict[int, float]], kinds: dict[str, str], ks: list[int]) -> dict[str, dict[int, float]]:
+    """``average``: the mean over the math benchmarks (two or more of them); ``average_all``: over every benchmark
+    of every kind (two or more)."""
+    def mean(names: list[str]) -> dict[int, float]:
+        return {k: sum(results[b][k] for b in names) / len(names) for k in ks}
+
+    math_names = [b for b in results if kinds.get(b) == "math"]
+    out = {AVERAGE: mean(math_names)} if len(math_names) > 1 else {}
+    if len(results) > 1:
+        out["average_all"] = mean(list(results))
+    return out
+
+
+def headline(results: dict[str, dict[int, float]], kinds: dict[str, str]) -> dict[int, float]:
+    """The math average, else the first math benchmark, else the first benchmark."""
+    if AVERAGE in results:
+        return results[AVERAGE]
+    return next((results[b] for b in results if kinds.get(b) == "math"), next(iter(results.values())))
 
 
 async def _judge_sets(ctx: StageContext, chains: list[str]) -> list[set[str]]:
@@ -109,19 +144,21 @@ def _composition(ctx: StageContext, chains: dict[str, list[tuple[str, list[str]]
     return result
 
 
-def _benchmark(ctx: StageContext, bench, handle, verifier, tok, sampling: Sampling, out: dict) -> dict[int, float]:
-    """One benchmark: sample, verify, pass@k. Appends its sample rows, and (question id, completions) per problem
-    for the composition analysis, to ``out``."""
+def _benchmark(ctx: StageContext, bench, handle, graders: Graders, tok, sampling: Sampling,
+               out: dict) -> dict[int, float]:
+    """One benchmark: sample, grade by its kind, pass@k. Appends its sample rows, and (question id, completions)
+    per problem for the composition analysis, to ``out``; records its kind in ``out["kinds"]``."""
     ev = ctx.settings
-    questions, report = load_questions(bench)
-    out["reports"][bench.name] = {"summary": report.summary(), "bad": report.bad}
+    kind, questions, report = load_benchmark(bench)
+    grader = graders[kind]  # before sampling: a code benchmark without a sandbox fails here
+    out["kinds"][bench.name] = kind
+    out["reports"][bench.name] = {"kind": kind, "summary": report.summary(), "bad": report.bad}
     if report.rejected:
         log.warning("benchmark %s", report.summary())
-    prompts = [render_prompt(tok, q.question, None, few_shot=ctx.run.spec.heuristics.fewShot) for q in questions]
+    prompts = [grader.prompt(tok, q) for q in questions]
     groups, _ = run_async(generate_all(handle, prompts, sampling, desc=f"eval {bench.name}",
                                        progress=ctx.progress, concurrency=2 * ev.replicas))
-    verdicts = verifier.verify_many([q.answer for q, g in zip(questions, groups) for _ in g],
-                                    [c["text"] for g in groups for c in g])
+    verdicts = grader.grade([q for q, g in zip(questions, groups) for _ in g], [c["text"] for g in groups for c in g])
     counts, at = [], 0
     for q, g in zip(questions, groups):
         vs = verdicts[at : at + len(g)]
@@ -142,14 +179,24 @@ def _write(ctx: StageContext, out_dir, model_id: str, results: dict, out: dict, 
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    ev = ctx.settings
+    ev, kinds = ctx.settings, out["kinds"]
+    mixed = set(kinds.values()) - {"math"}  # code or choice benchmarks beside (or instead of) math ones
+    overall = averages({b: r for b, r in results.items() if b in kinds}, kinds, ev.k).get("average_all")
+    overall = overall if mixed else None
     pq.write_table(pa.Table.from_pylist(out["samples"]), out_dir / "samples.parquet")
     payload = {"model": model_id, "arm": ctx.arm.name, "k": ev.k, "samples": ev.samples,
                "pass_at_k": {b: {str(k): v for k, v in r.items()} for b, r in results.items()},
+               "kinds": kinds, "average_all": {str(k): v for k, v in overall.items()} if overall else None,
                "benchmarks": out["reports"], "composition": composition}
     (out_dir / "eval.json").write_text(json.dumps(payload, indent=2))
     md = [f"# Evaluation: {model_id} ({ctx.arm.name})", "",
-          f"{ev.samples} samples per problem, temperature {ev.temperature}.", "", markdown_table(results, ev.k)]
+          f"{ev.samples} samples per problem, temperature {ev.temperature}.", "", markdown_table(results, ev.k, kinds)]
+    if mixed:
+        md += ["", "`average` is the mean over the math benchmarks (as the paper reports it); code and choice "
+                   "benchmarks are reported beside it."]
+    if overall:
+        md.append("Mean over every benchmark of every kind: "
+                  + ", ".join(f"pass@{k} {v:.2f}" for k, v in overall.items()) + ".")
     if composition:
         md += ["", "## Composition", ""] + markdown(composition, k=10)
     (out_dir / "eval.md").write_text("\n".join(md) + "\n")
@@ -167,17 +214,16 @@ def run(ctx: StageContext) -> StageResult:
                         seed=spec.seed + 1, logprobs=False)  # unused: ~15% faster
     cfg = ctx.engine(ev, model_path, served_name=model_id)
     results: dict[str, dict[int, float]] = {}
-    out: dict = {"reports": {}, "samples": [], "chains": {}}
-    with rollout_service(ctx, cfg, ev, name=f"eval-{ctx.arm.name}") as handle, \
-            Verifier(workers=spec.filtering.verifyWorkers, timeout_s=spec.filtering.verifyTimeoutSeconds) as verifier:
+    out: dict = {"reports": {}, "samples": [], "chains": {}, "kinds": {}}
+    settings = GraderSettings(workers=spec.filtering.verifyWorkers,
+                              verify_timeout_s=spec.filtering.verifyTimeoutSeconds, few_shot=spec.heuristics.fewShot)
+    with rollout_service(ctx, cfg, ev, name=f"eval-{ctx.arm.name}") as handle, Graders(settings) as graders:
         for bench in ev.benchmarks:
-            results[bench.name] = _benchmark(ctx, bench, handle, verifier, tok, sampling, out)
-    if len(results) > 1:
-        results["average"] = {k: sum(r[k] for r in results.values()) / len(results) for k in ev.k}
+            results[bench.name] = _benchmark(ctx, bench, handle, graders, tok, sampling, out)
+    results.update({b: r for b, r in averages(results, out["kinds"], ev.k).items() if b == AVERAGE})
     composition = _composition(ctx, out["chains"])
     _write(ctx, art.local, model_id, results, out, composition)
-    headline = results.get("average") or next(iter(results.values()))
-    figures = {f"pass@{k}": v for k, v in headline.items()}
+    figures = {f"pass@{k}": v for k, v in headline(results, out["kinds"]).items()}
     if composition:
         figures["composition_rate"] = composition["rate"]
         if composition["unseen"] is not None:
