@@ -21,8 +21,27 @@ def _storage(uri: str, field: str = "storage.uri") -> str | None:
     return None
 
 
-def problems(run: PolyaRun) -> list[str]:
-    """What would stop ``run``, one line each (empty when it can start)."""
+def _sandbox(run: PolyaRun) -> list[str]:
+    """Code benchmarks run generated programs in the sandbox: refuse the run here when it cannot work on this
+    machine, not after the base model has been sampled."""
+    from polya.benchmarks import detect_kind
+    from polya.sandbox import unavailable
+
+    for i, bench in enumerate(run.spec.evaluation.benchmarks):
+        try:
+            kind = detect_kind(bench)
+        except Exception:  # noqa: BLE001 - an unreadable file is reported by the stage that loads it
+            continue
+        reason = unavailable() if kind == "code" else None
+        if reason:
+            return [f"evaluation.benchmarks[{i}] ({bench.name}): a code benchmark runs its programs in the sandbox, "
+                    f"which does not work here: {reason}"]
+    return []
+
+
+def problems(run: PolyaRun, evaluates: bool = True) -> list[str]:
+    """What would stop ``run``, one line each (empty when it can start). ``evaluates``: the steps to run include
+    evaluation (then code benchmarks need a working sandbox on this machine)."""
     from polya.models import ModelNotAvailable, resolve
 
     spec = run.spec
@@ -41,4 +60,4 @@ def problems(run: PolyaRun) -> list[str]:
             resolve(name, revision, field=field, download=False)
         except ModelNotAvailable as exc:
             found.append(str(exc))
-    return found
+    return found + (_sandbox(run) if evaluates else [])

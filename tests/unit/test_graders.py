@@ -307,3 +307,30 @@ def test_code_grading_reports_timeouts_and_crashes(shared_data):
     verdicts = grader.grade([q] * 4, [body, "    raise SystemExit(3)\n", "    return not_defined\n",
                                       "    import sys\n    sys.exit(0)\n"])  # exit 0 before the tests ran: no pass
     assert [v.status for v in verdicts] == ["timeout", "incorrect", "incorrect", "incorrect"]
+
+
+def test_a_run_with_a_code_benchmark_is_refused_up_front_where_the_sandbox_cannot_work(tmp_path, monkeypatch):
+    """Preflight (before any stage) names the benchmark and the fix when bubblewrap is missing; with the sandbox
+    working, the same run passes, and a run without code benchmarks never asks."""
+    from polya import preflight, sandbox
+    from polya.spec import PolyaRun
+
+    rows = tmp_path / "he.jsonl"
+    rows.write_text(json.dumps({"task_id": "t/0", "prompt": "def f():\n", "canonical_solution": "    return 1\n",
+                                "test": "def check(c):\n    assert c() == 1\n", "entry_point": "f"}) + "\n")
+    doc = yaml.safe_load((REPO / "k8s/examples/polya-run-local.yaml").read_text())
+    doc["spec"]["evaluation"]["benchmarks"].append({"name": "he", "source": str(rows)})
+    run = PolyaRun.model_validate(doc)
+    sandbox._probe.cache_clear()
+    assert sandbox.unavailable() is None and preflight._sandbox(run) == []
+    monkeypatch.setenv("PATH", str(tmp_path))  # no bwrap on the PATH
+    sandbox._probe.cache_clear()
+    try:
+        found = preflight._sandbox(run)
+        assert len(found) == 1 and found[0].startswith("evaluation.benchmarks[1] (he): a code benchmark")
+        assert "bubblewrap (bwrap) is not installed" in found[0] and "ensure-bwrap.sh" in found[0]
+        doc["spec"]["evaluation"]["benchmarks"].pop()
+        assert preflight._sandbox(PolyaRun.model_validate(doc)) == []
+    finally:
+        monkeypatch.undo()
+        sandbox._probe.cache_clear()
