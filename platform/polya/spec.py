@@ -548,7 +548,15 @@ class GRPOSpec(LearnerSpec):
         description="Divide advantages by the group std; false is Dr. GRPO's advantage (pair with "
         "lossAggregation: constant for its loss).",
     )
-    formatReward: Annotated[float, Field(ge=0)] = Field(default=0.0, description="Reward for a boxed final answer.")
+    reward: Literal["auto", "math", "code", "choice"] = Field(
+        default="auto",
+        description="How completions are rewarded (1 right, 0 not), by the evaluation grader of that kind "
+        "(polya.graders): math: math-verify against the gold answer; code: the completed function run against the "
+        "question's tests in the sandbox (HumanEval-format rows); choice: the chosen letter (MuSR-format rows); "
+        "auto: read off the dataset's first row, as for evaluation benchmarks.",
+    )
+    formatReward: Annotated[float, Field(ge=0)] = Field(
+        default=0.0, description="Reward for a boxed final answer (math rewards only).")
     dynamicSampling: bool = Field(default=False, description="Resample groups whose rewards are all equal.")
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
     weightSync: Annotated[Literal["collective", "objectStore"], NOT_IN_KEY] = Field(

@@ -334,3 +334,32 @@ def test_a_run_with_a_code_benchmark_is_refused_up_front_where_the_sandbox_canno
     finally:
         monkeypatch.undo()
         sandbox._probe.cache_clear()
+
+
+def test_grpo_rewards_code_questions_by_running_their_tests(tmp_path):
+    """grpo.reward auto on HumanEval-format rows: the code grader (sandbox) rewards a right body 1 and a wrong one
+    0, with no format bonus; on builtin arithmetic it is math-verify plus the boxed bonus."""
+    from polya.graders import GraderSettings
+    from polya.spec import DatasetSpec
+    from polya.stages.grpo import reward_inputs, rewards
+
+    rows = tmp_path / "he.jsonl"
+    rows.write_text(json.dumps({"task_id": "t/0", "prompt": "def add(a, b):\n", "canonical_solution": "",
+                                "test": "def check(c):\n    assert c(2, 3) == 5\n", "entry_point": "add"}) + "\n")
+    settings = GraderSettings(workers=2)
+    questions, grader = reward_inputs(DatasetSpec(source=str(rows)), "auto", settings)
+    try:
+        assert grader.kind == "code" and [q.id for q in questions] == ["t/0"]
+        texts = ["    return a + b  # \\boxed{5}\n", "    return a - b\n", "    pass\n"]
+        assert rewards(grader, questions * 3, texts, 0.1) == ([1.0, 0.0, 0.0], [True, False, False])
+    finally:
+        grader.close()
+    questions, grader = reward_inputs(DatasetSpec(source="builtin:arithmetic", limit=1, difficulty=[0]), "auto",
+                                      settings)
+    try:
+        gold = questions[0].answer
+        texts = [f"so \\boxed{{{gold}}}", f"so \\boxed{{{int(gold) + 1}}}", f"the answer is {int(gold) + 1}"]
+        assert grader.kind == "math"
+        assert rewards(grader, questions * 3, texts, 0.1) == ([1.1, 0.1, 0.0], [True, False, False])
+    finally:
+        grader.close()

@@ -2,8 +2,9 @@
 to every rollout replica after each update.
 
 One step: rank 0 samples `promptsPerStep` questions (a function of seed and step) and asks the rollout app for
-`groupSize` completions each, in concurrent calls spread over its replicas; rewards are the verifier's 1/0
-plus `formatReward` for a boxed answer; groups whose rewards are all equal carry no signal and are counted
+`groupSize` completions each, in concurrent calls spread over its replicas; rewards are the grader's 1/0
+(`grpo.reward`: math-verify, the question's tests in the sandbox, or the chosen letter) plus `formatReward` for a
+boxed math answer; groups whose rewards are all equal carry no signal and are counted
 (and, with `dynamicSampling`, replaced by fresh prompts up to 3 rounds). Advantages are group-relative (std
 normalisation per `scaleRewards`). The batch is broadcast to all ranks; each rank computes old and reference
 logprobs for its shard (at the rollout temperature), runs `mu` epochs of the clipped surrogate normalised over
@@ -68,11 +69,12 @@ class Rollout:
     figures: dict[str, float] = field(default_factory=dict)
 
 
-def _rewards(verifier, golds: list[str], texts: list[str], format_reward: float) -> tuple[list[float], list[bool]]:
-    """1 for a verified answer, plus `format_reward` for writing the answer format (an opened \\boxed{})."""
-    verdicts = verifier.verify_many(golds, texts)
-    correct = [v.correct for v in verdicts]
-    return [float(c) + (format_reward if "\\boxed{" in t else 0.0) for c, t in zip(correct, texts)], correct
+def rewards(grader, questions: list, texts: list[str], format_reward: float) -> tuple[list[float], list[bool]]:
+    """1 for a right answer by ``grader`` (`polya.graders`: math-verify, the sandboxed tests, the chosen letter),
+    plus `format_reward` for writing a math answer's format (an opened \\boxed{})."""
+    correct = [v.correct for v in grader.grade(questions, texts)]
+    bonus = format_reward if grader.kind == "math" else 0.0
+    return [float(c) + (bonus if "\\boxed{" in t else 0.0) for c, t in zip(correct, texts)], correct
 
 
 def _sampling(g: GRPOSpec, rng: random.Random):
@@ -125,14 +127,13 @@ def draw_questions(rng: random.Random, questions: list, n: int) -> list:
     return [questions[rng.randrange(len(questions))] for _ in range(n)]
 
 
-def _sample_groups(job: GRPOJob, step: int, questions, tok, handle, verifier) -> tuple[list, int]:
+def _sample_groups(job: GRPOJob, step: int, questions, tok, handle, grader) -> tuple[list, int]:
     """(kept groups as (completions, rewards, correct), zero-signal groups seen): promptsPerStep questions, a
     function of (seed, step); with dynamicSampling, groups whose rewards are all equal are resampled."""
     import asyncio
 
     import torch
 
-    from polya.heuristics import render_prompt
     from polya.rl.grpo import zero_signal_groups
 
     g = job.grpo
@@ -141,10 +142,10 @@ def _sample_groups(job: GRPOJob, step: int, questions, tok, handle, verifier) ->
     for attempt in range(1 + RESAMPLE_ROUNDS if g.dynamicSampling else 1):
         picks = draw_questions(rng, questions, want)
         sampling = _sampling(g, rng)
-        prompts = [render_prompt(tok, q.question, None, few_shot=job.few_shot) for q in picks]
+        prompts = [grader.prompt(tok, q) for q in picks]
         out = asyncio.run(generate_spread(handle, prompts, sampling, g.rollout.replicas))
         for q, grp in zip(picks, out):
-            r, c = _rewards(verifier, [q.answer] * len(grp), [x["text"] for x in grp], g.formatReward)
+            r, c = rewards(grader, [q] * len(grp), [x["text"] for x in grp], g.formatReward)
             if bool(zero_signal_groups(torch.tensor(r).view(1, -1))[0]):
                 zero_groups += 1
                 if g.dynamicSampling and attempt < RESAMPLE_ROUNDS:
@@ -156,13 +157,13 @@ def _sample_groups(job: GRPOJob, step: int, questions, tok, handle, verifier) ->
     return kept, zero_groups
 
 
-def rollout(job: GRPOJob, step: int, questions, tok, handle, verifier) -> Rollout:
+def rollout(job: GRPOJob, step: int, questions, tok, handle, grader) -> Rollout:
     """Rank 0: prompts -> completions -> rewards -> group-relative advantages."""
     import torch
 
     from polya.rl.grpo import group_advantages
 
-    kept, zero_groups = _sample_groups(job, step, questions, tok, handle, verifier)
+    kept, zero_groups = _sample_groups(job, step, questions, tok, handle, grader)
     if not kept:
         return Rollout(zero_groups=zero_groups)
     rt = torch.tensor([r for _, r, _ in kept])
@@ -280,22 +281,34 @@ def mean_over_ranks(figures, world: int) -> dict[str, float]:
     return dict(zip(("loss", "kl", "clip_fraction", "entropy"), (figures / torch.tensor([1, 1, world, world])).tolist()))
 
 
-def _rank0_inputs(job: GRPOJob, rank: int):
-    """(questions, verifier) on rank 0, which makes the rollouts; (None, None) elsewhere."""
+def reward_inputs(dataset, reward: str, settings):
+    """(the RL questions, the grader that rewards their completions): ``reward`` (grpo.reward) picks the kind,
+    ``auto`` reads it off the dataset's first row; questions are loaded by that kind's loader."""
+    from polya.benchmarks import detect_kind, load_kind
     from polya.data import load_questions
-    from polya.verify import Verifier
+    from polya.graders import GRADERS
+
+    kind = detect_kind(dataset) if reward == "auto" else reward
+    questions = load_questions(dataset)[0] if kind == "math" else load_kind(dataset, kind)[0]
+    return questions, GRADERS[kind](settings)
+
+
+def _rank0_inputs(job: GRPOJob, rank: int):
+    """(questions, grader) on rank 0, which makes the rollouts; (None, None) elsewhere."""
+    from polya.graders import GraderSettings
 
     if rank != 0:
         return None, None
-    return load_questions(job.dataset)[0], Verifier(workers=job.verify_workers, timeout_s=job.verify_timeout)
+    settings = GraderSettings(workers=job.verify_workers, verify_timeout_s=job.verify_timeout, few_shot=job.few_shot)
+    return reward_inputs(job.dataset, job.grpo.reward, settings)
 
 
-def grpo_step(job: GRPOJob, learner: Learner, ref, step: int, questions, verifier, publisher) -> dict[str, Any]:
+def grpo_step(job: GRPOJob, learner: Learner, ref, step: int, questions, grader, publisher) -> dict[str, Any]:
     """One step: rollout (rank 0, broadcast) → shard → learn → publish; the step's log row."""
     import torch
 
     g, t0 = job.grpo, time.perf_counter()
-    batch = [rollout(job, step, questions, learner.tok, publisher.handle, verifier) if learner.rank == 0 else None]
+    batch = [rollout(job, step, questions, learner.tok, publisher.handle, grader) if learner.rank == 0 else None]
     torch.distributed.broadcast_object_list(batch, src=0)
     roll: Rollout = batch[0]
     t_rollout = time.perf_counter() - t0
@@ -335,9 +348,9 @@ def train_loop(config: dict) -> None:
         publisher.publish(learner.engine.module, learner.engine.device, step)
         if learner.rank == 0:
             print(f"grpo: resumed from the step-{step} checkpoint in {job.learner.ckpt_uri}", flush=True)
-    questions, verifier = _rank0_inputs(job, learner.rank)
+    questions, grader = _rank0_inputs(job, learner.rank)
     while step < g.steps:
-        row = grpo_step(job, learner, ref, step, questions, verifier, publisher)
+        row = grpo_step(job, learner, ref, step, questions, grader, publisher)
         # t_end: when the step ended (wall clock): benchmarks time steps end to end, as TRL's callbacks do
         row.update(resumed_from=resumed_from, node=node_id(), t_end=time.time(), **learner.stamp())
         step = row["step"]
@@ -350,8 +363,8 @@ def train_loop(config: dict) -> None:
         if step % g.checkpointEvery == 0 or step == g.steps:
             row["t_checkpoint"] = learner.checkpoint(step, {"log": rows})
         learner.crash_if_asked(step)
-    if verifier is not None:
-        verifier.close()
+    if grader is not None:
+        grader.close()
     learner.save({"steps.json": rows})
 
 
