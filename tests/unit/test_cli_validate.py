@@ -89,6 +89,7 @@ def test_validate_warns_where_the_longest_prompt_does_not_fit(tmp_path, local_do
     rows = [{"problem": "1+1?", "answer": "2"}, {"problem": "How many? " + "word " * 1900, "answer": "1", "uid": "long"}]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     local_doc["spec"]["dataset"].update(source=str(data), idField="uid", limit=None)
+    local_doc["spec"]["grpo"].pop("dataset")  # GRPO reads spec.dataset too
     path = tmp_path / "long.yaml"
     path.write_text(yaml.safe_dump(local_doc))
     res = polya("validate", str(path))

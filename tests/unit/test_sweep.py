@@ -30,6 +30,7 @@ def errors(doc: dict) -> list[str]:
 
 
 def test_children_are_the_template_with_each_arm_and_seed(local_doc):
+    local_doc["spec"]["grpo"].pop("dataset")  # a template whose GRPO reads spec.dataset: the n1 arm sets its own
     sweep = load_sweep(sweep_doc(local_doc))
     kids = children(sweep)
     assert [k.metadata.name for k in kids] == ["n-vs-q-n4-s0", "n-vs-q-n4-s1", "n-vs-q-n1-s0", "n-vs-q-n1-s1"]
