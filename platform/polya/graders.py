@@ -116,9 +116,9 @@ def _named(text: str, choices: Sequence[str]) -> str | None:
 
 def extract_letter(text: str, choices: Sequence[str]) -> str | None:
     """The option letter a reply chooses among ``len(choices)`` options, or None. In order: the last
-    ``\\boxed{X}``, the last "Answer: X" / "answer is (X)", an answer that is an option's text, the last "(X)",
-    the last letter standing alone (not the article "A ..."), the reply being an option's text or its last line
-    naming exactly one option."""
+    ``\\boxed{X}``, the last "Answer: X" / "answer is (X)", an answer that is an option's text, then on the last
+    line only the last "(X)" or the last letter standing alone (not the article "A ..."), the reply being an
+    option's text or its last line naming exactly one option."""
     letters = LETTERS[: len(choices)]
     boxed, answer, paren = _letter_patterns(letters)
     for pattern in (boxed, answer):
@@ -128,8 +128,10 @@ def extract_letter(text: str, choices: Sequence[str]) -> str | None:
     by_answer = _answer_text(text, choices)
     if by_answer:
         return by_answer
-    hits = paren.findall(text)
-    return hits[-1] if hits else _standalone(text, letters) or _named(text, choices)
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    last = lines[-1] if lines else ""  # the weak fallbacks read the conclusion only, not letters met on the way
+    hits = paren.findall(last)
+    return hits[-1] if hits else _standalone(last, letters) or _named(text, choices)
 
 
 def choice_prompt(tokenizer: Any, q: Question) -> str:

@@ -158,6 +158,9 @@ LETTER_CASES = [
     ("Answer: C", ["x", "y"], None),
     ("nothing to see", ["x", "y"], None),
     ("", ["x", "y"], None),
+    # letters met on the way to a conclusion are no answer (a reply cut off mid-reasoning)
+    ("(B) is mentioned in the story.\nBut the killer must have had the weapon", ["x", "y"], None),
+    ("Option C seems unlikely.\nLet us weigh the motives of each", ["x", "y", "z"], None),
 ]
 
 
