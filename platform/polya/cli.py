@@ -335,11 +335,11 @@ def check_inputs(run: "PolyaRun", path: str, reads: set[str] | None = None) -> N
         raise UserError("\n".join(problems))
 
 
-def _preflight(run: "PolyaRun", path: str) -> None:
+def _preflight(run: "PolyaRun", path: str, only: str | None = None) -> None:
     from polya.preflight import problems
     from polya.validation import UserError
 
-    found = problems(run)
+    found = problems(run, only)
     if found:
         raise UserError("\n".join(f"{path}: spec.{line}" if line.split(":")[0].replace(".", "").isalnum()
                                   else f"{path}: {line}" for line in found))
@@ -352,7 +352,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     run = load_run_file(args.file)  # SpecError: one line per problem
     check_inputs(run, args.file)
     if not args.dry_run:
-        _preflight(run, args.file)  # before the plan is printed: a run that cannot start says why in one line
+        _preflight(run, args.file, args.only)  # before the plan is printed: a run that cannot start says why in one line
     return run_file(args.file, only=args.only, metrics_port=args.metrics_port, dry_run=args.dry_run)
 
 

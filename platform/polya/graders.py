@@ -13,6 +13,10 @@ for a right answer whatever the kind, so pass@k and the sweep report count every
   when it is flush left). A pass is exit status 0 *and* a random token printed after ``check`` returns, so a
   completion calling ``sys.exit(0)`` before the tests fails. Statuses: correct, incorrect (tests fail, the
   program does not run or is killed at a limit), timeout, unparsable (no code), error (the sandbox failed).
+  Not closed (HumanEval's own harness has the same holes): the program can read its own source, token
+  included, and print it before ``os._exit(0)``; a return value whose ``__eq__`` is always true passes
+  ``assert f(x) == y``. Deliberate cheating, not a wrong answer — under ``grpo.reward: code`` an RL policy
+  could learn it, so look at samples of a code-rewarded run.
 * **choice** — the story, the question, the lettered options and "end with 'Answer: <letter>'", through the
   chat template; the chosen letter (`extract_letter`) compared with the gold one. Statuses: correct,
   incorrect, unparsable (no letter found).
@@ -207,6 +211,14 @@ def build_program(q: Question, completion: str, token: str = "") -> tuple[str | 
     return f"{solution.rstrip()}\n\n\n{q.meta['test']}\n\ncheck({entry})\n{done}", code
 
 
+def _grading_limits():
+    from polya.sandbox import Limits
+
+    # a HumanEval program needs one process and little memory; a pool of them must not crowd out the engine:
+    # 8 processes x 1 GiB at most per program, and 64 KiB of output kept (the pass token comes last)
+    return Limits(wall_s=10.0, cpu_s=10.0, memory_mb=1024, nproc=8, output_bytes=64 << 10)
+
+
 class CodeGrader:
     kind = "code"
 
@@ -216,7 +228,7 @@ class CodeGrader:
         reason = sandbox.unavailable()
         if reason:
             raise UserError(f"code benchmarks run their tests in the sandbox, which is unavailable here: {reason}")
-        self.pool = sandbox.SandboxPool(workers=settings.workers)
+        self.pool = sandbox.SandboxPool(workers=settings.workers, limits=_grading_limits())
 
     def prompt(self, tokenizer: Any, q: Question) -> str:
         return code_prompt(tokenizer, q)

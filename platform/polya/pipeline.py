@@ -36,7 +36,7 @@ def execute(run: PolyaRun, only: str | None = None, progress: bool | None = None
     from polya.serve.launch import ensure_ray
     from polya.stages.common import StageContext
 
-    found = problems(run, evaluates=only in (None, str(Stage.EVALUATE)))
+    found = problems(run, only)
     for line in found:
         print(f"polya: {line}", file=sys.stderr)
     if found:

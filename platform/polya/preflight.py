@@ -21,27 +21,45 @@ def _storage(uri: str, field: str = "storage.uri") -> str | None:
     return None
 
 
-def _sandbox(run: PolyaRun) -> list[str]:
-    """Code benchmarks run generated programs in the sandbox: refuse the run here when it cannot work on this
-    machine, not after the base model has been sampled."""
+def _code_sources(run: PolyaRun, only: str | None) -> list[tuple[str, str]]:
+    """(field, what) of each question source in scope whose programs the sandbox would run: code benchmarks
+    (evaluation) and a code-rewarded GRPO dataset."""
     from polya.benchmarks import detect_kind
-    from polya.sandbox import unavailable
+    from polya.recipe import Stage
 
-    for i, bench in enumerate(run.spec.evaluation.benchmarks):
+    spec, out = run.spec, []
+    sources = []
+    if only in (None, Stage.EVALUATE):
+        sources += [(f"evaluation.benchmarks[{i}]", f"{b.name}: a code benchmark", b, b.kind)
+                    for i, b in enumerate(spec.evaluation.benchmarks)]
+    if only in (None, Stage.GRPO) and spec.grpo.enabled:
+        sources.append(("grpo.reward", "code rewards", spec.rl_dataset(), spec.grpo.reward))
+    for field, what, source, kind in sources:
         try:
-            kind = detect_kind(bench)
+            code = (detect_kind(source) if kind == "auto" else kind) == "code"
         except Exception:  # noqa: BLE001 - an unreadable file is reported by the stage that loads it
             continue
-        reason = unavailable() if kind == "code" else None
-        if reason:
-            return [f"evaluation.benchmarks[{i}] ({bench.name}): a code benchmark runs its programs in the sandbox, "
-                    f"which does not work here: {reason}"]
-    return []
+        if code:
+            out.append((field, what))
+    return out
 
 
-def problems(run: PolyaRun, evaluates: bool = True) -> list[str]:
-    """What would stop ``run``, one line each (empty when it can start). ``evaluates``: the steps to run include
-    evaluation (then code benchmarks need a working sandbox on this machine)."""
+def _sandbox(run: PolyaRun, only: str | None = None) -> list[str]:
+    """Code benchmarks and code rewards run generated programs in the sandbox: refuse the run here when it
+    cannot work on this machine, not after the earlier stages have run."""
+    from polya.sandbox import unavailable
+
+    sources = _code_sources(run, only)
+    reason = unavailable() if sources else None
+    if not reason:
+        return []
+    return [f"{field} ({what}) runs its programs in the sandbox, which does not work here: {reason}"
+            for field, what in sources]
+
+
+def problems(run: PolyaRun, only: str | None = None) -> list[str]:
+    """What would stop ``run``, one line each (empty when it can start). ``only``: the one stage to run (its
+    arms), else every stage: the sandbox is checked only for stages in scope that run programs."""
     from polya.models import ModelNotAvailable, resolve
 
     spec = run.spec
@@ -60,4 +78,4 @@ def problems(run: PolyaRun, evaluates: bool = True) -> list[str]:
             resolve(name, revision, field=field, download=False)
         except ModelNotAvailable as exc:
             found.append(str(exc))
-    return found + (_sandbox(run) if evaluates else [])
+    return found + _sandbox(run, only)

@@ -174,9 +174,12 @@ def _command(limits: Limits, source_fd: int, status_fd: int) -> list[str]:
     uid = SANDBOX_UIDS[secrets.randbelow(len(SANDBOX_UIDS))] if privileged else None
     env = ["--setenv", "PATH", "/usr/local/bin:/usr/bin:/bin", "--setenv", "HOME", WORKDIR,
            "--setenv", "TMPDIR", WORKDIR, "--setenv", "LANG", "C.UTF-8"]
-    files = ["--proc", "/proc", "--dev", "/dev",
-             "--perms", "1777", "--size", str(limits.memory_mb << 20), "--tmpfs", WORKDIR,
+    size = str(limits.memory_mb << 20)  # each writable tmpfs is host RAM: bounded like the program's memory
+    files = ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", size, "--tmpfs", "/dev/shm",
+             "--perms", "1777", "--size", size, "--tmpfs", WORKDIR,
              "--perms", "0444", "--file", str(source_fd), PROGRAM, "--chdir", WORKDIR]
+    if not privileged:  # bwrap's own root and /dev are writable by the sandbox's (mapped) owner: make them not
+        files += ["--remount-ro", "/", "--remount-ro", "/dev"]
     return ["bwrap", *_namespaces(privileged), *_system_view(), *files, *env,
             "--json-status-fd", str(status_fd), *_launcher(limits, uid)]
 

@@ -330,9 +330,15 @@ def test_a_run_with_a_code_benchmark_is_refused_up_front_where_the_sandbox_canno
     sandbox._probe.cache_clear()
     try:
         found = preflight._sandbox(run)
-        assert len(found) == 1 and found[0].startswith("evaluation.benchmarks[1] (he): a code benchmark")
+        assert len(found) == 1 and found[0].startswith("evaluation.benchmarks[1] (he: a code benchmark) runs its")
         assert "bubblewrap (bwrap) is not installed" in found[0] and "ensure-bwrap.sh" in found[0]
+        assert preflight._sandbox(run, only="grpo") == []  # `polya run --only grpo` evaluates nothing
         doc["spec"]["evaluation"]["benchmarks"].pop()
+        assert preflight._sandbox(PolyaRun.model_validate(doc)) == []
+        doc["spec"]["grpo"]["dataset"] = {"source": str(rows)}  # code questions rewarded by their tests
+        found = preflight._sandbox(PolyaRun.model_validate(doc), only="grpo")
+        assert len(found) == 1 and found[0].startswith("grpo.reward (code rewards) runs its programs")
+        doc["spec"]["grpo"]["reward"] = "math"  # said so: no sandbox needed
         assert preflight._sandbox(PolyaRun.model_validate(doc)) == []
     finally:
         monkeypatch.undo()

@@ -43,12 +43,21 @@ class OpenAIEngine:
                     max_tokens=s.max_tokens, logprobs=0 if s.logprobs else None, stop=list(s.stop) or None,
                     **optional)
             except BadRequestError as exc:
-                named = [n for n in ("seed", "return_token_ids") if n in str(exc) and n not in self.refused]
-                if not named:  # each name is dropped once: at most two retries
+                named = self._refused_by(exc, optional)
+                if not named:  # each retry sends fewer optional parameters: at most two retries
                     raise
-                logging.getLogger(__name__).warning("%s refuses %s (%s); sending it no more", self.cfg.model,
-                                                    named[0], str(exc).splitlines()[0][:200])
-                self.refused.add(named[0])
+                if not named <= self.refused:  # a concurrent request may have learnt it first
+                    logging.getLogger(__name__).warning("%s refuses %s (%s); sending it no more", self.cfg.model,
+                                                        ", ".join(sorted(named)), str(exc).splitlines()[0][:200])
+                self.refused |= named
+
+    @staticmethod
+    def _refused_by(exc, sent: dict) -> set[str]:
+        """The optional parameters this attempt sent that the 400 names (its ``param`` field, else its text)."""
+        body = exc.body if isinstance(getattr(exc, "body", None), dict) else {}
+        param = str((body.get("error") or body).get("param") or "") if isinstance(body, dict) else ""
+        names = {"seed"} & set(sent) | ({"return_token_ids"} if "extra_body" in sent else set())
+        return {n for n in names if n == param or (not param and n in str(exc))}
 
     def count_tokens(self, text: str) -> int:
         return len(text) // 4  # a bound for logging only; the server enforces its own limits
