@@ -372,3 +372,46 @@ def test_grpo_rewards_code_questions_by_running_their_tests(tmp_path):
         assert rewards(grader, questions * 3, texts, 0.1) == ([1.1, 0.1, 0.0], [True, False, False])
     finally:
         grader.close()
+
+
+HOSTILE = {  # each body does its damage first and then returns the right answer: contained, it cannot pass
+    "infinite loop": "    while True:\n        pass\n",
+    "fork bomb": "    import os\n    while True:\n        os.fork()\n",
+    "10 GB allocation": "    x = bytearray(10 * 1024 ** 3)\n    return a + b\n",
+    "write outside the temp dir": "    open({outside!r}, 'w').write('x')\n    return a + b\n",
+    "read a file outside it": "    assert 'polya-secret' in open({secret!r}).read()\n    return a + b\n",
+    "open a network socket": "    import socket\n    socket.create_connection(('127.0.0.1', {port}), timeout=2)\n"
+                             "    return a + b\n",
+    "print 100 MB": "    import sys\n    sys.stdout.write('x' * (100 << 20))\n    return a + b\n",
+    "kill the parent": "    import os, signal\n    os.kill(os.getppid(), signal.SIGKILL)\n    os.killpg(0, 9)\n",
+}
+
+
+def test_hostile_completions_fail_and_the_grader_carries_on(tmp_path):
+    """The issue's corpus as code answers graded in one batch beside right ones: every hostile sample fails within
+    its limits, nothing reaches the host, the right answers after them still pass and this process lives on."""
+    import socket
+    import time
+
+    sandbox_or_skip()
+    from polya.data import Question
+
+    q = Question(id="t/0", question="", answer="    return a + b\n",
+                 meta={"prompt": "def add(a, b):\n", "test": "def check(c):\n    assert c(2, 3) == 5\n",
+                       "entry_point": "add"})
+    secret, outside = tmp_path / "secret.txt", tmp_path / "escaped"
+    secret.write_text("polya-secret")
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        bodies = {k: v.format(outside=str(outside), secret=str(secret), port=server.getsockname()[1])
+                  for k, v in HOSTILE.items()}
+        t0 = time.monotonic()
+        with Graders(GraderSettings(workers=2)) as graders:
+            verdicts = graders["code"].grade([q] * (len(bodies) + 2), [q.answer, *bodies.values(), q.answer])
+        took = time.monotonic() - t0
+    statuses = dict(zip(bodies, (v.status for v in verdicts[1:-1])))
+    assert verdicts[0].correct and verdicts[-1].correct, statuses
+    assert not any(v.correct for v in verdicts[1:-1]), statuses
+    assert statuses["infinite loop"] == "timeout" and not outside.exists()
+    assert took < 120, took  # 2 sandboxes, 10 s wall limit each: two timeouts and quick failures
