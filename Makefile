@@ -42,7 +42,7 @@ test: setup
 	@# Debian's Prometheus (2.42): the end-to-end test scrapes the operator and the stage pods with it
 	bash tools/prometheus/ensure-prometheus.sh >/dev/null
 	bash tools/sandbox/ensure-bwrap.sh >/dev/null
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=30 tests
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow and not kube" tests
