@@ -391,14 +391,15 @@ def _figures(rows: list[dict], synced_version: int, moved: bool) -> dict[str, fl
     first5, last5 = reward_windows(rows)
     return {"steps": len(rows), "reward_first": scored[0]["reward_mean"] if scored else float("nan"),
             "reward_last": scored[-1]["reward_mean"] if scored else float("nan"),
-            "reward_first5": first5, "reward_last5": last5,
             "zero_signal_groups": float(sum(r.get("zero_signal_groups", 0) for r in rows)),
             "s_per_step": float(sum(r["t_rollout"] + r["t_reference"] + r["t_learn"] + r["t_sync"] for r in scored)
                                 / max(1, len(scored))),
             # the rollout replica samples from the trained policy: its greedy answer to a probe moved
             "rollout_weight_version": float(synced_version), "rollout_changed": float(moved),
             # seconds a checkpoint took to reach storage (an object store's upload; 0 on local storage)
-            "checkpoint_s": float(sum(r["t_checkpoint"] for r in saved) / len(saved)) if saved else 0.0}
+            "checkpoint_s": float(sum(r["t_checkpoint"] for r in saved) / len(saved)) if saved else 0.0,
+            # after the eight a stage_done event shows (pipeline.py): the report reads them from steps.json
+            "reward_first5": first5, "reward_last5": last5}
 
 
 def _export(arm: str, rows: list[dict]) -> None:
