@@ -110,6 +110,7 @@ def test_a_new_grpo_field_enters_the_key_without_editing_any_list(local_doc):
 
 
 def test_marked_fields_stay_out_of_keys_and_the_rest_are_in(local_doc):
+    local_doc["spec"]["grpo"].pop("dataset")  # GRPO reads spec.dataset (the default)
     base = grpo_key(spec_of(local_doc))
     for same in ({"grpo__workers": 3}, {"grpo__checkpointEvery": 7}, {"grpo__weightSync": "objectStore"},
                  {"grpo__rollout": {"replicas": 2, "maxTokens": local_doc["spec"]["grpo"]["rollout"]["maxTokens"]}},
@@ -173,6 +174,7 @@ def test_the_composition_judge_enters_evaluation_keys_only_when_it_judges(local_
 def test_grpo_dataset_replaces_the_runs_dataset_in_the_grpo_key(local_doc):
     """Budget-matched arms (different dataset.limit) that set the same grpo.dataset share their RL questions,
     and the GRPO key says so: it follows grpo.dataset, not dataset."""
+    local_doc["spec"]["grpo"].pop("dataset")  # the default: GRPO reads spec.dataset
     shared = {"source": "builtin:arithmetic", "limit": 6, "seed": 3}
     a = spec_of(local_doc, dataset__limit=4, grpo__dataset=shared)
     b = spec_of(local_doc, dataset__limit=9, grpo__dataset=shared)

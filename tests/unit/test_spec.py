@@ -145,6 +145,7 @@ def test_self_generation_budget_is_the_generating_models(local_doc):
 
 
 def test_grpo_dataset_defaults_to_the_runs(local_doc):
+    local_doc["spec"]["grpo"].pop("dataset")  # the example sets one
     run = PolyaRun.model_validate(local_doc)
     assert run.spec.grpo.dataset is None and run.spec.rl_dataset() == run.spec.dataset
     local_doc["spec"]["grpo"]["dataset"] = {"source": "builtin:arithmetic", "limit": 7, "seed": 11}
