@@ -176,3 +176,50 @@ def test_report_ks_include_an_arms_own_evaluation_k(local_doc):
     doc["spec"]["arms"][1]["set"]["evaluation.k"] = [1, 3, 5]  # this arm samples differently
     doc["spec"]["arms"][1]["set"]["evaluation.samples"] = 5
     assert report_ks(load_sweep(doc)) == sorted(set(template_k) | {1, 3, 5})
+
+
+def test_differences_are_paired_on_seeds_and_problems_with_hand_computed_means():
+    from polya.analysis.sweep_report import differences, paired_blocks
+
+    vanilla = {0: _ev("v0", {"a": (4, 2), "b": (4, 0)}), 1: _ev("v1", {"a": (4, 1), "b": (4, 1)})}
+    polya = {0: _ev("p0", {"a": (4, 4), "b": (4, 1)}), 1: _ev("p1", {"a": (4, 1), "b": (4, 3), "c": (4, 4)})}
+    (block,) = paired_blocks(polya, vanilla, 1)  # problem c: polya only, left out
+    assert block.tolist() == [[50.0, 25.0], [0.0, 50.0]]
+    rows = [Row("n4", "base", {0: _ev("b0", {"a": (4, 0), "b": (4, 0)})}), Row("n4", "vanilla", vanilla),
+            Row("n4", "polya", polya)]
+    (diff,) = differences(rows, [1, 4, 8], "vanilla", resamples=400, confidence=0.95)  # base: no row
+    assert diff["label"] == "n4: Polya (SFT + GRPO)" and diff["reference"] == "n4: vanilla GRPO"
+    assert diff["delta"]["1"]["mean"] == pytest.approx(31.25) and diff["delta"]["1"]["seeds"] == 2
+    assert 0.0 <= diff["delta"]["1"]["low"] < 31.25 < diff["delta"]["1"]["high"] <= 50.0
+    # pass@4 of (4, c) is 1 when c > 0: polya 1,1 / 1,1 against vanilla 1,0 / 1,1 -> one problem of four gains 100
+    assert diff["delta"]["4"]["mean"] == pytest.approx(25.0)
+    assert "8" not in diff["delta"]  # more than the 4 samples per problem
+    assert differences(rows[:1], [1], "vanilla", 100, 0.95) == []  # no reference row: no table
+
+
+def test_training_and_data_tables_spread_over_seeds():
+    from polya.analysis.sweep_report import stage_table
+
+    def ev(first: float, last: float) -> Evaluated:
+        e = _ev("x", {"a": (1, 1)})
+        e.stages = {"grpo": {"reward_first5": first, "reward_last5": last}, "evaluate": {"pass@1": 1.0}}
+        return e
+
+    rows = [Row("n4", "base", {0: _ev("b", {"a": (1, 0)})}), Row("n4", "vanilla", {0: ev(0.2, 0.6), 1: ev(0.3, 0.9)})]
+    (entry,) = stage_table(rows, "grpo", ("reward_first5", "reward_last5"))
+    assert entry["figures"]["reward_first5"] == pytest.approx({"mean": 0.25, "min": 0.2, "max": 0.3, "n": 2})
+    assert entry["figures"]["reward_last5"]["mean"] == pytest.approx(0.75)
+    md = markdown("s", [], [1], 0.95, "", [], {"training": [entry]})
+    assert "| n4: vanilla GRPO | 2 | 0.25 [0.2, 0.3] | 0.75 [0.6, 0.9] | +0.500 |" in md
+
+
+def test_reward_curves_per_row_over_seeds(tmp_path):
+    from polya.analysis.plots import plot_reward_curves
+    from polya.analysis.sweep_report import reward_curves
+
+    a, b = _ev("a", {"q": (1, 1)}), _ev("b", {"q": (1, 1)})
+    a.rewards, b.rewards = [0.1, 0.5, 0.9], [0.2, 0.4]
+    rows = [Row("n4", "base", {0: _ev("x", {"q": (1, 0)})}), Row("n4", "vanilla", {1: b, 0: a})]
+    assert reward_curves(rows) == {"n4: vanilla GRPO": [[0.1, 0.5, 0.9], [0.2, 0.4]]}  # seed order; base: none
+    out = plot_reward_curves(reward_curves(rows), tmp_path / "r.png")
+    assert out.stat().st_size > 1000

@@ -51,6 +51,28 @@ def plot_rewards(rows: list[dict], path: str | Path) -> Path:
     return _finish(plt, fig, ax, path, "GRPO reward")
 
 
+def plot_reward_curves(curves: Mapping[str, list[list[float]]], path: str | Path,
+                       title: str = "GRPO training reward") -> Path:
+    """One line per label: the mean over seeds of each step's mean reward, the seeds' range shaded (``curves``:
+    label -> one list of per-step rewards per seed)."""
+    import numpy as np
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for label, runs in curves.items():
+        steps = min(len(r) for r in runs)
+        if not steps:
+            continue
+        grid = np.array([r[:steps] for r in runs])
+        x = np.arange(1, steps + 1)
+        (line,) = ax.plot(x, grid.mean(axis=0), marker=".", label=f"{label} ({len(runs)} seeds)")
+        if len(runs) > 1:
+            ax.fill_between(x, grid.min(axis=0), grid.max(axis=0), color=line.get_color(), alpha=0.15)
+    ax.set_xlabel("GRPO step")
+    ax.set_ylabel("mean reward")
+    return _finish(plt, fig, ax, path, title)
+
+
 def plot_bar_pairs(values: Mapping[str, tuple[float, float]], path: str | Path, title: str,
                    labels: tuple[str, str]) -> Path:
     """Two bars per name (e.g. pass and keep rate per heuristic), on a 0-1 axis."""

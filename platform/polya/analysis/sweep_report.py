@@ -4,9 +4,11 @@ One row per (sweep arm, model) — the models each child evaluated (base, mid-tr
 with its pass@k at each k as the mean over benchmarks, seeds and problems and a bootstrap interval over
 seeds and problems (`polya.analysis.bootstrap`), and its composition rate (mean over seeds, with their
 range). A model several arms share (the base model, a baseline whose inputs the arms do not change) is the
-same artifact in each: it gets one row, naming every arm it stands for. Reads only the children's results
-and evaluation artifacts, so it can be rebuilt at any time; children that have not finished are counted,
-not waited for.
+same artifact in each: it gets one row, naming every arm it stands for. Then every trained model's paired
+difference from vanilla GRPO (same seeds, same problems) with its interval, the GRPO training reward of the
+first and last five steps, and what filtering kept of the self-generated data, over seeds. Reads only the
+children's results and evaluation artifacts, so it can be rebuilt at any time; children that have not
+finished are counted, not waited for.
 """
 from __future__ import annotations
 
@@ -30,6 +32,10 @@ class Evaluated:
     artifact: str
     counts: dict[str, dict[str, tuple[int, int]]]
     composition: float | None = None
+    #: the figures of the stages of the same child and run arm (``grpo``, ``filter``, ...), from its results
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: the mean reward of each GRPO step of that arm (its steps.json), when it ran GRPO
+    rewards: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -42,6 +48,10 @@ class Row:
     @property
     def label(self) -> str:
         return f"{'/'.join([self.arm, *self.also])}: {ARMS[Arm(self.model)].label}"
+
+
+#: the model the differences table subtracts: RL without mid-training, the paper's baseline
+REFERENCE = Arm.VANILLA
 
 
 # ------------------------------------------------------------------------------------------------ pure
@@ -65,6 +75,65 @@ def blocks(by_seed: dict[int, Evaluated], k: int) -> list[np.ndarray]:
         if questions:
             out.append(np.array([[100.0 * pass_at_k(*by_seed[s].counts[b][q], k) for q in questions]
                                  for s in seeds]))
+    return out
+
+
+def paired_blocks(a: dict[int, Evaluated], b: dict[int, Evaluated], k: int) -> list[np.ndarray]:
+    """Per benchmark, the (seeds, problems) matrix of pass@k(a) - pass@k(b) (points) on the seeds, benchmarks
+    and problems both answered: a paired difference (the same held-out problems, the same seed's draw)."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return []
+    both = {s: {"a": a[s], "b": b[s]} for s in seeds}
+    benches = set.intersection(*(set(e.counts) for pair in both.values() for e in pair.values()))
+    out = []
+    for bench in sorted(benches):
+        questions = sorted(set.intersection(*(set(e.counts[bench]) for pair in both.values() for e in pair.values())))
+        if questions:
+            out.append(np.array([[100.0 * (pass_at_k(*both[s]["a"].counts[bench][q], k)
+                                           - pass_at_k(*both[s]["b"].counts[bench][q], k)) for q in questions]
+                                 for s in seeds]))
+    return out
+
+
+def differences(rows: list[Row], ks: list[int], reference: str, resamples: int, confidence: float
+                ) -> list[dict[str, Any]]:
+    """Every trained row (not the base model, not the reference itself) minus the ``reference`` model's row,
+    paired on seeds and problems, with its bootstrap interval: whether an arm beats e.g. vanilla GRPO is read
+    off this interval, not off two overlapping intervals of the rows."""
+    ref = next((r for r in rows if r.model == reference), None)
+    if ref is None:
+        return []
+    out = []
+    for row in rows:
+        if row is ref or row.model == Arm.BASE:
+            continue
+        entry: dict[str, Any] = {"label": row.label, "reference": ref.label, "delta": {}}
+        fewest = min((n for e in [*row.by_seed.values(), *ref.by_seed.values()] for qs in e.counts.values()
+                      for n, _ in qs.values()), default=0)
+        for k in ks:
+            got = paired_blocks(row.by_seed, ref.by_seed, k) if k <= fewest else []
+            if got:
+                iv = bootstrap(got, resamples=resamples, confidence=confidence, seed=k)
+                entry["delta"][str(k)] = {"mean": iv.mean, "low": iv.low, "high": iv.high,
+                                          "seeds": got[0].shape[0]}
+        out.append(entry)
+    return out
+
+
+def spread(values: list[float]) -> dict[str, float]:
+    return {"mean": float(np.mean(values)), "min": float(min(values)), "max": float(max(values)), "n": len(values)}
+
+
+def stage_table(rows: list[Row], stage: str, figures: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Per row whose model ran ``stage``: each of ``figures`` over seeds (mean, min, max)."""
+    out = []
+    for row in rows:
+        per_seed = [e.stages[stage] for e in row.by_seed.values() if stage in e.stages]
+        cells = {f: spread([float(fig[f]) for fig in per_seed if f in fig]) for f in figures
+                 if any(f in fig for fig in per_seed)}
+        if cells:
+            out.append({"label": row.label, "figures": cells})
     return out
 
 
@@ -101,7 +170,10 @@ def summarise(rows: list[Row], ks: list[int], resamples: int, confidence: float)
 
 
 def markdown(name: str, summary: list[dict[str, Any]], ks: list[int], confidence: float, status: str,
-             plots: list[tuple[str, str]]) -> str:
+             plots: list[tuple[str, str]], extra: dict[str, Any] | None = None) -> str:
+    """The report's text: the pass@k table, then (from ``extra``) the paired differences against the reference
+    model, the GRPO training reward and the self-generated data, then the plots."""
+    extra = extra or {}
     shown = [k for k in ks if k in (1, 4, 8, 16, 64) or k == max(ks)]
     md = [f"# PolyaSweep `{name}`", "", status, "",
           f"pass@k (%): mean over benchmarks, seeds and problems; [{int(confidence * 100)}% bootstrap interval over "
@@ -116,9 +188,55 @@ def markdown(name: str, summary: list[dict[str, Any]], ks: list[int], confidence
         comp = e.get("composition")
         comp_cell = (f"{100 * comp['mean']:.1f}% ({100 * comp['min']:.1f}–{100 * comp['max']:.1f})" if comp else "—")
         md.append(f"| {e['label']} | {len(e['seeds'])} | " + " | ".join(cells) + f" | {comp_cell} |")
+    md += differences_markdown(extra.get("differences", []), shown, confidence)
+    md += table_markdown("GRPO training reward", "mean reward of the first and last five GRPO steps (mean over "
+                         "seeds [min, max]); the rise is last five minus first five", extra.get("training", []),
+                         (("reward_first5", "first 5 steps"), ("reward_last5", "last 5 steps")), rise=True)
+    md += table_markdown("Self-generated data", "what filtering kept of the self-generated traces (mean over seeds "
+                         "[min, max])", extra.get("data", []),
+                         (("traces", "traces"), ("verify_rate", "verified share"), ("kept", "kept"),
+                          ("vendi", "Vendi")))
     for title, png in plots:
         md += ["", f"## {title}", "", f"![{title}]({png})"]
     return "\n".join(md) + "\n"
+
+
+def _spread_cell(c: dict[str, float]) -> str:
+    fmt = (lambda v: f"{v:.3g}") if abs(c["mean"]) < 10 else (lambda v: f"{v:.1f}")
+    return fmt(c["mean"]) if c["min"] == c["max"] else f"{fmt(c['mean'])} [{fmt(c['min'])}, {fmt(c['max'])}]"
+
+
+def differences_markdown(diffs: list[dict[str, Any]], shown: list[int], confidence: float) -> list[str]:
+    if not diffs:
+        return []
+    md = ["", f"## Differences against {diffs[0]['reference']}", "",
+          f"pass@k(row) - pass@k(reference) in points, paired on seeds and problems; [{int(confidence * 100)}% "
+          "bootstrap interval]. An interval that excludes 0 is a difference this sweep resolves.", "",
+          "| model | seeds | " + " | ".join(f"Δ pass@{k}" for k in shown) + " |", "|---|---|" + "---|" * len(shown)]
+    for d in diffs:
+        cells = [str(Interval(v["mean"], v["low"], v["high"])) if (v := d["delta"].get(str(k))) else "—"
+                 for k in shown]
+        seeds = max((v["seeds"] for v in d["delta"].values()), default=0)
+        md.append(f"| {d['label']} | {seeds} | " + " | ".join(cells) + " |")
+    return md
+
+
+def table_markdown(title: str, caption: str, table: list[dict[str, Any]], columns: tuple[tuple[str, str], ...],
+                   rise: bool = False) -> list[str]:
+    if not table:
+        return []
+    md = ["", f"## {title}", "", caption + ".", "",
+          "| model | seeds | " + " | ".join(h for _, h in columns) + (" | rise |" if rise else " |"),
+          "|---|---|" + "---|" * (len(columns) + rise)]
+    for entry in table:
+        figs = entry["figures"]
+        cells = [_spread_cell(figs[f]) if f in figs else "—" for f, _ in columns]
+        if rise:
+            first, last = figs.get(columns[0][0]), figs.get(columns[1][0])
+            cells.append(f"{last['mean'] - first['mean']:+.3f}" if first and last else "—")
+        n = max((c["n"] for c in figs.values()), default=0)
+        md.append(f"| {entry['label']} | {n} | " + " | ".join(cells) + " |")
+    return md
 
 
 # --------------------------------------------------------------------------------------------------- I/O
@@ -135,6 +253,24 @@ def _evaluated(artifact: str) -> Evaluated | None:
         return None
     comp = ev.get("composition") or {}
     return Evaluated(artifact, counts_of(samples), comp.get("rate"))
+
+
+def _rewards(result: dict[str, Any] | None) -> list[float]:
+    from polya.storage import join, read_json
+
+    if not result:
+        return []
+    try:
+        rows = read_json(join(result["artifactUri"], "steps.json"))
+    except (OSError, ValueError, KeyError):
+        return []
+    return [float(r["reward_mean"]) for r in rows if "reward_mean" in r]
+
+
+def reward_curves(rows: list[Row]) -> dict[str, list[list[float]]]:
+    """label -> per-seed GRPO reward curves, for the rows whose model ran GRPO."""
+    return {row.label: runs for row in rows
+            if (runs := [e.rewards for _, e in sorted(row.by_seed.items()) if e.rewards])}
 
 
 def collect(sweep) -> tuple[list[Row], dict[str, int]]:
@@ -156,6 +292,9 @@ def collect(sweep) -> tuple[list[Row], dict[str, int]]:
                 continue
             ev = _evaluated(res["artifactUri"])
             if ev is not None:
+                ev.stages = {k.split("/", 1)[1]: r.get("figures", {}) for k, r in results.items()
+                             if k.split("/", 1)[0] == model}
+                ev.rewards = _rewards(results.get(f"{model}/{Stage.GRPO}"))
                 rows.setdefault((arm, model), Row(arm, model)).by_seed[seed] = ev
     order = {a.name: i for i, a in enumerate(sweep.spec.arms)}
     models = {str(a): i for i, a in enumerate(ARMS)}
@@ -171,7 +310,7 @@ def report_ks(sweep) -> list[int]:
 
 
 def build_sweep_report(sweep, out_dir: Path) -> Path:
-    from polya.analysis.plots import plot_pass_at_k
+    from polya.analysis.plots import plot_pass_at_k, plot_reward_curves
 
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, seen = collect(sweep)
@@ -183,9 +322,16 @@ def build_sweep_report(sweep, out_dir: Path) -> Path:
     if curves:
         plot_pass_at_k(curves, out_dir / "sweep_passk.png", title=f"pass@k — {sweep.metadata.name}")
         plots.append(("pass@k against k", "sweep_passk.png"))
+    if rewards := reward_curves(rows):
+        plot_reward_curves(rewards, out_dir / "sweep_rewards.png", title=f"GRPO reward — {sweep.metadata.name}")
+        plots.append(("GRPO training reward per step", "sweep_rewards.png"))
+    extra = {"differences": differences(rows, ks, REFERENCE, sweep.spec.bootstrap, sweep.spec.confidence),
+             "training": stage_table(rows, Stage.GRPO, ("reward_first5", "reward_last5")),
+             "data": stage_table([r for r in rows if r.model in (Arm.POLYA, Arm.STAR)], Stage.FILTER,
+                                 ("traces", "verify_rate", "kept", "vendi"))}
     status = f"{seen['with_results']}/{seen['children']} children have results."
     (out_dir / "sweep.json").write_text(json.dumps({"sweep": sweep.metadata.name, "k": ks, "rows": summary,
-                                                    "children": seen}, indent=2))
+                                                    "children": seen, **extra}, indent=2))
     path = out_dir / "sweep.md"
-    path.write_text(markdown(sweep.metadata.name, summary, ks, sweep.spec.confidence, status, plots))
+    path.write_text(markdown(sweep.metadata.name, summary, ks, sweep.spec.confidence, status, plots, extra))
     return path
