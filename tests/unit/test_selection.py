@@ -82,3 +82,15 @@ def test_incorrect_per_question_controls_the_number_of_approaches():
         assert all(a < b for a, b in zip(sets, sets[1:])), s
     with pytest.raises(ValueError, match="keep"):
         select(CANDS, keep="wrong")
+
+
+def test_the_filter_scores_adherence_of_the_traces_its_selection_reads():
+    """keep: incorrect picks the most adherent *incorrect* trace per group: those are the ones scored (an
+    unscored incorrect trace would make the ablation pick by sample index); keep: correct scores the correct
+    ones, and the incorrect ones too only when keepIncorrect admits some."""
+    from polya.stages.filter import needs_adherence
+
+    correct = [True, False, False, True, False]
+    assert needs_adherence(correct, "incorrect", 0.0) == [1, 2, 4]
+    assert needs_adherence(correct, "correct", 0.0) == [0, 3]
+    assert needs_adherence(correct, "correct", 0.25) == [0, 1, 2, 3, 4]

@@ -96,6 +96,15 @@ def _verify(f, rows: list[dict]) -> tuple[list, dict[str, int]]:
     return verdicts, counts
 
 
+def needs_adherence(correct: list[bool], keep: str, keep_incorrect: float) -> list[int]:
+    """The traces whose adherence the reward model must score: only where it decides something — the verdict
+    kept (`filtering.keep`: correct ones, or incorrect ones for the incorrect-only ablation), plus incorrect
+    traces where some are admitted beside the correct ones (`keepIncorrect` > 0)."""
+    if keep == "incorrect":
+        return [i for i, ok in enumerate(correct) if not ok]
+    return [i for i, ok in enumerate(correct) if ok or keep_incorrect > 0]
+
+
 def run(ctx: StageContext) -> StageResult:
     import pyarrow.parquet as pq
 
@@ -107,12 +116,7 @@ def run(ctx: StageContext) -> StageResult:
     rows = pq.read_table(ctx.inputs[Stage.SELFGEN].fetch() / "selfgen.parquet").to_pylist()
     verdicts, counts = _verify(f, rows)
 
-    # adherence matters only where it decides something: the verdict kept (`filtering.keep`), and incorrect
-    # traces too where some are admitted beside the correct ones
-    if f.keep == "incorrect":
-        need = [i for i, v in enumerate(verdicts) if not v.correct]
-    else:
-        need = [i for i, v in enumerate(verdicts) if v.correct or f.keepIncorrect > 0]
+    need = needs_adherence([v.correct for v in verdicts], f.keep, f.keepIncorrect)
     adherence: list[float | None] = [None] * len(rows)
     if need and mode != STAR_SELECTION:
         scored = _score_adherence(ctx, [rows[i]["completion"] for i in need], [rows[i]["heuristic_id"] for i in need])
