@@ -57,3 +57,28 @@ def test_evaluation_and_the_judge_build_their_engines_from_their_own_blocks(loca
     judge = ScorerConfig.from_spec(run.spec.filtering.rewardModel, run.spec.model, run.spec.seed).engine
     assert (judge.kind, judge.max_num_seqs) == ("transformers", 3)
     assert judge.gpu_memory_utilization == pytest.approx(0.425) and judge.enforce_eager is False
+
+
+def test_self_generation_is_written_by_selfgeneration_model_when_set(local_doc, tiny_model, tmp_path, monkeypatch):
+    """The distillation baseline: with selfGeneration.model the self-generation stage serves the teacher (its
+    engine, its context length, its tokenizer's prompts), not the run's model (stopped where it would start
+    its replicas)."""
+    from polya.artifacts import ArtifactStore
+    from polya.stages import selfgen
+    from polya.stages.common import StageContext
+
+    local_doc["spec"]["storage"]["uri"] = str(tmp_path / "run")
+    local_doc["spec"]["selfGeneration"]["model"] = {"name": str(tiny_model), "dtype": "float32", "maxModelLen": 768}
+    run = PolyaRun.model_validate(local_doc)
+    assert run.spec.model.name != str(tiny_model)
+    seen = {}
+
+    def capture(ctx, cfg, block, name):
+        seen.update(cfg=cfg)
+        raise _Stop
+
+    monkeypatch.setattr(selfgen, "rollout_service", capture)
+    with pytest.raises(_Stop):
+        selfgen.run(StageContext(run=run, store=ArtifactStore(str(tmp_path / "run")), stage="selfgen", arm="polya",
+                                 progress=False))
+    assert (seen["cfg"].model, seen["cfg"].max_model_len, seen["cfg"].dtype) == (str(tiny_model), 768, "float32")
