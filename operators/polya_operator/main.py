@@ -36,6 +36,8 @@ from polya_operator.sweep import reconcile_sweep
 
 log = logging.getLogger("polya-operator")
 TIMER_S = float(os.environ.get("POLYA_OPERATOR_TIMER_S", "10"))
+#: a running sweep's children are listed from the API server at most this often (else the watch's cache)
+RELIST_S = 6 * TIMER_S
 #: the finalizer kopf adds for timers and daemons (operators before 0.1.1 had a timer)
 KOPF_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
 
@@ -352,11 +354,13 @@ def _guarded(ns: str, name: str) -> None:
 # -------------------------------------------------------------------------------------------- sweeps
 class SweepCache:
     """Each sweep's child PolyaRuns (those labelled with it) from the PolyaRun watch and the operator's own
-    creates, so a sweep's reconcile lists nothing. A stale entry costs at most a 409 on create (then read)."""
+    creates, so a sweep's reconcile rarely lists: only once every ``RELIST_S`` (`refresh`), which corrects
+    what a missed watch event left behind. A stale entry costs at most a 409 on create (then read)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.children: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}  # (ns, sweep) -> name -> body
+        self.listed: dict[tuple[str, str], float] = {}  # (ns, sweep) -> monotonic time of the last list
 
     def child_event(self, ns: str, body: dict[str, Any], deleted: bool) -> bool:
         """Record a watch event; True when what the sweep's status reads changed (existence, phase, spec)."""
@@ -378,6 +382,24 @@ class SweepCache:
     def forget(self, ns: str, sweep: str) -> None:
         with self._lock:
             self.children.pop((ns, sweep), None)
+            self.listed.pop((ns, sweep), None)
+
+    def stale(self, ns: str, sweep: str, max_age: float) -> bool:
+        """True when the sweep's children were last listed from the API server over ``max_age`` s ago (or never)."""
+        with self._lock:
+            return time.monotonic() - self.listed.get((ns, sweep), float("-inf")) > max_age
+
+    def refresh(self, ns: str, sweep: str, items: list[dict[str, Any]]) -> None:
+        """Replace the sweep's children with a list read from the API server (the resync behind a missed watch
+        event): a child the list lacks is gone, a cached body newer than the listed one is kept."""
+        with self._lock:
+            old = self.children.get((ns, sweep), {})
+            fresh = {}
+            for body in items:
+                name = body["metadata"]["name"]
+                fresh[name] = old[name] if name in old and _rv(old[name]) > _rv(body) else body
+            self.children[(ns, sweep)] = fresh
+            self.listed[(ns, sweep)] = time.monotonic()
 
 
 def _digest(body: dict[str, Any]) -> tuple[Any, ...]:
@@ -411,10 +433,15 @@ def reconcile_sweep_one(ns: str, name: str) -> None:
             if exc.status == 404:
                 _sweeps.forget(ns, name)
                 _scheduler.track(ns, name, False, kind=SWEEP)
+                M.record_sweep(ns, name, None)
                 return
             raise
         if sweep["metadata"].get("deletionTimestamp"):
             return
+        if _sweeps.stale(ns, name, RELIST_S):
+            listed = custom.list_namespaced_custom_object(RUN_GROUP, RUN_VERSION, ns, RUN_PLURAL,
+                                                          label_selector=f"{LABEL_SWEEP}={name}")
+            _sweeps.refresh(ns, name, listed.get("items") or [])
         decision = reconcile_sweep(sweep, _sweeps.of(ns, name))
         found = {}  # namesakes a create ran into (a lagging cache, or a PolyaRun the sweep does not own)
         for obj in decision.create:
@@ -433,8 +460,13 @@ def reconcile_sweep_one(ns: str, name: str) -> None:
                                                          {"status": patch})
         for ev in decision.events:
             _event(core, sweep, ev.type, ev.reason, ev.message)
-        # a namesake the sweep does not own may go away (garbage collection): look again later
-        _scheduler.track(ns, name, bool(decision.blocked), kind=SWEEP)
+        M.record_sweep(ns, name, decision.status)
+        # while a child may still change, look again every TIMER_S (a safety net for a missed child event, as
+        # for runs; a Failed sweep's other children run on; a Suspended one waits for an edit, an event); a
+        # namesake the sweep does not own may go away (garbage collection): look again later too
+        running = decision.status.get("phase") != "Suspended" and any(
+            c.get("phase") not in TERMINAL_RUN_PHASES for c in decision.status.get("children") or [])
+        _scheduler.track(ns, name, bool(decision.blocked) or running, kind=SWEEP)
 
 
 def _guarded_sweep(ns: str, name: str) -> None:
@@ -458,7 +490,8 @@ RUN, SWEEP = "run", "sweep"
 
 class Scheduler:
     """Re-reconciles runs that are not finished: at a decided time (a retry's backoff) and otherwise every
-    ``TIMER_S`` (a safety net for a missed watch event); and sweeps whose last reconcile asked for a retry.
+    ``TIMER_S`` (a safety net for a missed watch event); and sweeps still running or whose last reconcile
+    asked for a retry.
     A plain thread, not a kopf timer: kopf puts its finalizer on every object a timer watches (kopf issue
     1074), so a run could not be deleted without the operator."""
 
@@ -574,6 +607,7 @@ def on_sweep(body: dict, type: str | None, namespace: str, name: str, **_: Any) 
     if type == "DELETED":
         _sweeps.forget(namespace, name)
         _scheduler.track(namespace, name, False, kind=SWEEP)
+        M.record_sweep(namespace, name, None)
         return
     meta, status = body.get("metadata") or {}, body.get("status") or {}
     if type in (None, "ADDED") or meta.get("generation") != status.get("observedGeneration"):

@@ -15,11 +15,14 @@ RECONCILE_SECONDS = Histogram("polya_operator_reconcile_seconds", "Latency of on
 RECONCILE_ERRORS = Counter("polya_operator_reconcile_errors_total", "Reconciles that raised", ["reason"])
 CHILDREN_CREATED = Counter("polya_operator_children_created_total", "Objects created by the operator", ["kind"])
 STAGE_PROGRESS = Gauge("polya_operator_stage_progress_ratio", "Succeeded stages / planned stages", ["namespace", "run"])
+SWEEPS = Gauge("polya_operator_sweeps", "PolyaSweeps by phase", ["phase"])
+SWEEP_PROGRESS = Gauge("polya_operator_sweep_progress_ratio", "Succeeded child PolyaRuns / children of a PolyaSweep",
+                       ["namespace", "sweep"])
 
 ALL_NAMES = sorted([
     "polya_operator_runs", "polya_operator_stage_duration_seconds", "polya_operator_reconcile_seconds",
     "polya_operator_reconcile_errors_total", "polya_operator_children_created_total",
-    "polya_operator_stage_progress_ratio",
+    "polya_operator_stage_progress_ratio", "polya_operator_sweeps", "polya_operator_sweep_progress_ratio",
 ])
 
 _phases: dict[tuple[str, str], str] = {}
@@ -36,6 +39,30 @@ def record_phase(namespace: str, name: str, phase: str | None) -> None:
         counts[p] = counts.get(p, 0) + 1
     for p in get_args(RunPhase):
         RUNS.labels(p).set(counts.get(p, 0))
+
+
+_sweep_phases: dict[tuple[str, str], str] = {}
+
+
+def record_sweep(namespace: str, name: str, status: dict | None) -> None:
+    """Keep the sweeps-by-phase gauge and the sweep's progress (succeeded / total children) current; ``None``:
+    the sweep is gone (its series are dropped)."""
+    from polya.sweep import PolyaSweepStatus
+
+    if status is None:
+        _sweep_phases.pop((namespace, name), None)
+        try:
+            SWEEP_PROGRESS.remove(namespace, name)
+        except KeyError:
+            pass
+    else:
+        _sweep_phases[(namespace, name)] = status.get("phase") or "Pending"
+        SWEEP_PROGRESS.labels(namespace, name).set(status.get("succeeded", 0) / max(1, status.get("total", 0)))
+    counts: dict[str, int] = {}
+    for p in _sweep_phases.values():
+        counts[p] = counts.get(p, 0) + 1
+    for p in get_args(PolyaSweepStatus.model_fields["phase"].annotation):
+        SWEEPS.labels(p).set(counts.get(p, 0))
 
 
 def tracked_runs() -> int:

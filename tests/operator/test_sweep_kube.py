@@ -8,7 +8,9 @@ stand-in for KubeRay); the children's phases and then the sweep's follow from th
 from __future__ import annotations
 
 import copy
+import re
 import subprocess
+import urllib.request
 
 import pytest
 from kubernetes import client, config
@@ -100,6 +102,10 @@ def test_sweep_creates_owned_children_and_follows_their_phases(api, operator, lo
     st = status_when(custom, "sw", lambda s: s.get("phase") == "Succeeded", "sweep Succeeded")
     assert st["succeeded"] == st["total"] == 4 and {c["phase"] for c in st["children"]} == {"Succeeded"}
     assert [c["name"] for c in st["children"]] == ["sw-n1-s0", "sw-n1-s1", "sw-n4-s0", "sw-n4-s1"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{operator.port}/metrics", timeout=10) as r:
+        exposed = r.read().decode()  # the operator's Prometheus metrics follow the sweep
+    assert 'polya_operator_sweep_progress_ratio{namespace="default",sweep="sw"} 1.0' in exposed
+    assert re.search(r'^polya_operator_sweeps\{phase="Succeeded"\} [1-9]', exposed, re.M), exposed[-2000:]
     events = core.list_namespaced_event(NS, field_selector="involvedObject.name=sw").items
     assert {"ChildrenCreated", "SweepSucceeded"} <= {e.reason for e in events}
     assert {e.involved_object.kind for e in events} == {"PolyaSweep"}

@@ -148,3 +148,48 @@ def test_a_child_name_over_40_characters_fails_the_sweep(sweep):
     d = reconcile_sweep(sweep, {})
     assert d.create == [] and d.status["phase"] == "Failed"
     assert "spec.arms[1].name" in d.status["message"] and "over 40" in d.status["message"]
+
+
+def _child(name: str, rv: int, phase: str | None = None) -> dict:
+    return {"metadata": {"name": name, "uid": f"u-{name}", "resourceVersion": str(rv), "generation": 1,
+                         "labels": {LABEL_SWEEP: "sw"}}, "status": {"phase": phase} if phase else {}}
+
+
+def test_the_sweep_cache_is_corrected_by_a_relist():
+    """A missed watch event (a child's phase change, a deletion) is corrected when the sweep's children are
+    listed again; a cached body newer than the listed one is kept."""
+    from polya_operator.main import SweepCache
+
+    cache = SweepCache()
+    assert cache.stale("ns", "sw", 60.0)  # never listed
+    cache.child_event("ns", _child("sw-a-s0", 5, "Running"), deleted=False)
+    cache.child_event("ns", _child("sw-a-s1", 9, "Running"), deleted=False)
+    cache.child_event("ns", _child("sw-gone", 3), deleted=False)
+    # the API server now says: s0 succeeded (its event was missed), s1 is older than what the watch gave, gone is gone
+    cache.refresh("ns", "sw", [_child("sw-a-s0", 7, "Succeeded"), _child("sw-a-s1", 8, "Pending")])
+    kids = cache.of("ns", "sw")
+    assert {n: k["status"].get("phase") for n, k in kids.items()} == {"sw-a-s0": "Succeeded", "sw-a-s1": "Running"}
+    assert not cache.stale("ns", "sw", 60.0) and cache.stale("ns", "sw", -1.0)
+    cache.forget("ns", "sw")
+    assert cache.of("ns", "sw") == {} and cache.stale("ns", "sw", 60.0)
+
+
+def test_sweep_metrics_follow_the_status():
+    from prometheus_client import REGISTRY
+
+    from polya_operator import metrics as M
+
+    def value(name, **labels):
+        return REGISTRY.get_sample_value(name, labels)
+
+    M.record_sweep("ns", "m1", {"phase": "Running", "succeeded": 1, "total": 4})
+    M.record_sweep("ns", "m2", {"phase": "Running", "succeeded": 0, "total": 2})
+    assert value("polya_operator_sweep_progress_ratio", namespace="ns", sweep="m1") == 0.25
+    assert value("polya_operator_sweeps", phase="Running") == 2
+    M.record_sweep("ns", "m1", {"phase": "Succeeded", "succeeded": 4, "total": 4})
+    assert value("polya_operator_sweeps", phase="Running") == 1 and value("polya_operator_sweeps", phase="Succeeded") == 1
+    assert value("polya_operator_sweep_progress_ratio", namespace="ns", sweep="m1") == 1.0
+    M.record_sweep("ns", "m1", None)
+    M.record_sweep("ns", "m2", None)
+    assert value("polya_operator_sweep_progress_ratio", namespace="ns", sweep="m1") is None
+    assert value("polya_operator_sweeps", phase="Succeeded") == 0
