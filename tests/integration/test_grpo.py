@@ -57,13 +57,18 @@ def sft_model(ray_session, tiny_model, tmp_path_factory):
 def test_sft_then_grpo_syncs_weights_to_rollout(sft_model, tiny_model, tmp_path):
     from polya.stages import grpo
 
-    run = grpo_run(tiny_model, tmp_path / "run", formatReward=1.0)
+    rl = tmp_path / "rl.jsonl"  # grpo.dataset: RL questions of their own, not the run's dataset (arithmetic)
+    rl.write_text("".join(json.dumps({"id": f"rl-{i}", "problem": f"What is {i} + {i}?", "answer": str(2 * i)}) + "\n"
+                          for i in range(4)))
+    run = grpo_run(tiny_model, tmp_path / "run", formatReward=1.0, dataset={"source": str(rl), "idField": "id"})
     store = ArtifactStore(run.spec.storage.uri)
     ctx = StageContext(run=run, store=store, stage="grpo", arm="polya", inputs={"model": sft_model}, progress=False)
     res = grpo.run(ctx)
     folder = ctx.artifact().local
     rows = json.loads((folder / "steps.json").read_text())
     assert [r["step"] for r in rows] == [1, 2]
+    for r in rows:  # every step drew promptsPerStep questions of grpo.dataset
+        assert len(r["questions"]) == 2 and {q[:3] for q in r["questions"]} == {"rl-"}, r["questions"]
     for r in rows:
         assert {"reward_mean", "reward_std", "pass_rate", "kl", "clip_fraction", "entropy", "response_len",
                 "zero_signal_groups", "t_rollout", "t_reference", "t_learn", "t_sync"} <= set(r)

@@ -66,7 +66,7 @@ class Rollout:
 
     seqs: list[dict[str, Any]] = field(default_factory=list)
     zero_groups: int = 0
-    figures: dict[str, float] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)  # floats, and the step's question ids
 
 
 def rewards(grader, questions: list, texts: list[str], format_reward: float) -> tuple[list[float], list[bool]]:
@@ -128,8 +128,8 @@ def draw_questions(rng: random.Random, questions: list, n: int) -> list:
 
 
 def _sample_groups(job: GRPOJob, step: int, questions, tok, handle, grader) -> tuple[list, int]:
-    """(kept groups as (completions, rewards, correct), zero-signal groups seen): promptsPerStep questions, a
-    function of (seed, step); with dynamicSampling, groups whose rewards are all equal are resampled."""
+    """(kept groups as (completions, rewards, correct, question id), zero-signal groups seen): promptsPerStep
+    questions, a function of (seed, step); with dynamicSampling, groups whose rewards are all equal are resampled."""
     import asyncio
 
     import torch
@@ -150,7 +150,7 @@ def _sample_groups(job: GRPOJob, step: int, questions, tok, handle, grader) -> t
                 zero_groups += 1
                 if g.dynamicSampling and attempt < RESAMPLE_ROUNDS:
                     continue  # resample this slot
-            kept.append((grp, r, c))
+            kept.append((grp, r, c, q.id))
         want = g.promptsPerStep - len(kept)
         if want <= 0:
             break
@@ -166,14 +166,15 @@ def rollout(job: GRPOJob, step: int, questions, tok, handle, grader) -> Rollout:
     kept, zero_groups = _sample_groups(job, step, questions, tok, handle, grader)
     if not kept:
         return Rollout(zero_groups=zero_groups)
-    rt = torch.tensor([r for _, r, _ in kept])
+    rt = torch.tensor([r for _, r, _, _ in kept])
     adv = group_advantages(rt, scale=job.grpo.scaleRewards)
     seqs = [{"prompt_ids": comp["prompt_token_ids"], "ids": comp["token_ids"], "adv": a}
-            for (grp, _, _), a_row in zip(kept, adv.tolist()) for comp, a in zip(grp, a_row)]
-    correct = torch.tensor([c for _, _, cs in kept for c in cs], dtype=torch.float)
+            for (grp, _, _, _), a_row in zip(kept, adv.tolist()) for comp, a in zip(grp, a_row)]
+    correct = torch.tensor([c for _, _, cs, _ in kept for c in cs], dtype=torch.float)
     return Rollout(seqs, zero_groups, {
         "reward_mean": float(rt.mean()), "reward_std": float(rt.std()) if rt.numel() > 1 else 0.0,
-        "pass_rate": float(correct.mean()), "response_len": float(sum(len(s["ids"]) for s in seqs) / len(seqs))})
+        "pass_rate": float(correct.mean()), "response_len": float(sum(len(s["ids"]) for s in seqs) / len(seqs)),
+        "questions": [qid for _, _, _, qid in kept]})  # the step's question ids (of grpo.dataset), in the log
 
 
 def per_rank_share(g: GRPOSpec, world: int) -> int:
@@ -357,7 +358,7 @@ def train_loop(config: dict) -> None:
         rows.append(row)
         if "skipped" in row:
             continue
-        ray.train.report(row)
+        ray.train.report({k: v for k, v in row.items() if not isinstance(v, list)})  # figures, not the ids
         if learner.rank == 0 and job.progress is not None:
             job.progress.put_nowait(row)
         if step % g.checkpointEvery == 0 or step == g.steps:
