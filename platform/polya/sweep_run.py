@@ -49,7 +49,9 @@ def run_sweep(sweep, path: str, dry_run: bool = False, verbose: bool = False) ->
     from polya.pipeline import execute
     from polya.sweep import aggregate, children
 
-    kids = children(sweep)
+    # seed-major (every arm of seed 0, then of seed 1, ...): a sweep cut short holds whole seeds to compare
+    seed_order = {seed: i for i, seed in enumerate(sweep.spec.seeds)}
+    kids = sorted(children(sweep), key=lambda c: seed_order[c.spec.seed])
     _print_children(sweep, kids)
     if dry_run:
         return 0
