@@ -195,7 +195,8 @@ def child_spec(spec: PolyaSweepSpec, arm: SweepArm, seed: int, sweep: str) -> Po
 
 
 def children(sweep: PolyaSweep) -> list[PolyaRun]:
-    """Every child PolyaRun, arm-major then seed order (what the embedded runner runs, in that order)."""
+    """Every child PolyaRun, arm-major then seed order (the status's order; the embedded runner runs them
+    seed by seed: `polya.sweep_run`)."""
     out = []
     meta = sweep.metadata
     for arm in sweep.spec.arms:

@@ -223,3 +223,64 @@ def test_reward_curves_per_row_over_seeds(tmp_path):
     assert reward_curves(rows) == {"n4: vanilla GRPO": [[0.1, 0.5, 0.9], [0.2, 0.4]]}  # seed order; base: none
     out = plot_reward_curves(reward_curves(rows), tmp_path / "r.png")
     assert out.stat().st_size > 1000
+
+
+def test_a_paired_difference_is_narrower_than_the_rows_it_compares():
+    """Problems of very different difficulty, one model 20 points above the other on each: the rows' own
+    intervals are wide and overlap, the paired difference's is tight around 20 (an unpaired bootstrap of the
+    difference would be about as wide as the rows')."""
+    from polya.analysis.sweep_report import differences
+
+    rates = [0, 10, 30, 50, 70, 80]
+    ref = {s: _ev(f"v{s}", {f"q{i}": (10, r // 10) for i, r in enumerate(rates)}) for s in (0, 1)}
+    up = {s: _ev(f"p{s}", {f"q{i}": (10, r // 10 + 2) for i, r in enumerate(rates)}) for s in (0, 1)}
+    rows = [Row("a", "vanilla", ref), Row("a", "polya", up)]
+    (d,) = differences(rows, [1], "vanilla", resamples=1000, confidence=0.95)
+    assert d["delta"]["1"] == {"mean": pytest.approx(20.0), "low": pytest.approx(20.0), "high": pytest.approx(20.0),
+                               "seeds": 2}
+    row_iv = summarise(rows, [1], resamples=1000, confidence=0.95)[1]["pass_at_k"]["1"]
+    assert row_iv["high"] - row_iv["low"] > 30  # the row's own interval: the problems' spread
+
+
+def test_each_arm_is_compared_with_its_own_vanilla_row():
+    """Two arms that change vanilla's inputs (grpo.learningRate) have a vanilla row each: each arm's Polya row is
+    paired with its own; an arm without vanilla (baselines: []) with the sweep's only one."""
+    from polya.analysis.sweep_report import differences
+
+    def ev(c):
+        return {0: _ev(f"x{c}", {"q": (4, c)})}
+
+    rows = [Row("lr-a", "vanilla", ev(1)), Row("lr-a", "polya", ev(2)), Row("lr-b", "vanilla", ev(3)),
+            Row("lr-b", "polya", ev(3))]
+    got = {d["label"]: (d["reference"], d["delta"]["1"]["mean"]) for d in differences(rows, [1], "vanilla", 100, 0.95)}
+    assert got == {"lr-a: Polya (SFT + GRPO)": ("lr-a: vanilla GRPO", 25.0),
+                   "lr-b: Polya (SFT + GRPO)": ("lr-b: vanilla GRPO", 0.0)}
+    shared = [Row("n4", "vanilla", ev(1)), Row("n1", "polya", ev(4))]
+    (d,) = differences(shared, [1], "vanilla", 100, 0.95)
+    assert (d["reference"], d["delta"]["1"]["mean"]) == ("n4: vanilla GRPO", 75.0)
+
+
+def test_step_rewards_keep_skipped_steps_aligned_and_nan_figures_are_left_out():
+    from polya.analysis.sweep_report import stage_table, step_rewards
+
+    got = step_rewards([{"step": 1, "reward_mean": 0.5}, {"step": 2, "skipped": 1.0}, {"step": 3, "reward_mean": 0.7}])
+    assert got[0] == 0.5 and np.isnan(got[1]) and got[2] == 0.7
+    a, b = _ev("a", {"q": (1, 1)}), _ev("b", {"q": (1, 1)})
+    a.stages, b.stages = {"grpo": {"reward_first5": float("nan")}}, {"grpo": {"reward_first5": 0.4}}
+    (entry,) = stage_table([Row("n4", "vanilla", {0: a, 1: b})], "grpo", ("reward_first5",))
+    assert entry["figures"]["reward_first5"] == {"mean": 0.4, "min": 0.4, "max": 0.4, "n": 1}
+
+
+def test_a_stage_two_arms_share_is_one_entry_of_its_table():
+    from polya.analysis.sweep_report import stage_table
+
+    def ev(filt: str, kept: int) -> Evaluated:
+        e = _ev("x", {"q": (1, 1)})
+        e.stages, e.stage_uris = {"filter": {"kept": kept}}, {"filter": filt}
+        return e
+
+    rows = [Row("lr-a", "polya", {0: ev("f0", 3), 1: ev("f1", 5)}),
+            Row("lr-b", "polya", {0: ev("f0", 3), 1: ev("f1", 5)}),
+            Row("n1", "polya", {0: ev("g0", 7), 1: ev("g1", 9)})]
+    got = {e["label"]: e["figures"]["kept"]["mean"] for e in stage_table(rows, "filter", ("kept",))}
+    assert got == {"lr-a/lr-b: Polya (SFT + GRPO)": 4.0, "n1: Polya (SFT + GRPO)": 8.0}

@@ -54,20 +54,24 @@ def plot_rewards(rows: list[dict], path: str | Path) -> Path:
 def plot_reward_curves(curves: Mapping[str, list[list[float]]], path: str | Path,
                        title: str = "GRPO training reward") -> Path:
     """One line per label: the mean over seeds of each step's mean reward, the seeds' range shaded (``curves``:
-    label -> one list of per-step rewards per seed)."""
+    label -> one list of per-step rewards per seed, NaN where a seed skipped a step; the longest seed sets
+    the steps)."""
     import numpy as np
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
     for label, runs in curves.items():
-        steps = min(len(r) for r in runs)
-        if not steps:
+        steps = max(len(r) for r in runs)
+        grid = np.full((len(runs), steps), np.nan)
+        for i, r in enumerate(runs):
+            grid[i, :len(r)] = r
+        seen = ~np.isnan(grid).all(axis=0)
+        if not seen.any():
             continue
-        grid = np.array([r[:steps] for r in runs])
-        x = np.arange(1, steps + 1)
-        (line,) = ax.plot(x, grid.mean(axis=0), marker=".", label=f"{label} ({len(runs)} seeds)")
+        x, grid = np.arange(1, steps + 1)[seen], grid[:, seen]
+        (line,) = ax.plot(x, np.nanmean(grid, axis=0), marker=".", label=f"{label} ({len(runs)} seeds)")
         if len(runs) > 1:
-            ax.fill_between(x, grid.min(axis=0), grid.max(axis=0), color=line.get_color(), alpha=0.15)
+            ax.fill_between(x, np.nanmin(grid, axis=0), np.nanmax(grid, axis=0), color=line.get_color(), alpha=0.15)
     ax.set_xlabel("GRPO step")
     ax.set_ylabel("mean reward")
     return _finish(plt, fig, ax, path, title)

@@ -34,7 +34,9 @@ class Evaluated:
     composition: float | None = None
     #: the figures of the stages of the same child and run arm (``grpo``, ``filter``, ...), from its results
     stages: dict[str, dict[str, float]] = field(default_factory=dict)
-    #: the mean reward of each GRPO step of that arm (its steps.json), when it ran GRPO
+    #: and their artifacts (a stage two arms share is one artifact)
+    stage_uris: dict[str, str] = field(default_factory=dict)
+    #: the mean reward of each GRPO step of that arm (its steps.json; NaN where a step was skipped)
     rewards: list[float] = field(default_factory=list)
 
 
@@ -89,6 +91,8 @@ def paired_blocks(a: dict[int, Evaluated], b: dict[int, Evaluated], k: int) -> l
     out = []
     for bench in sorted(benches):
         questions = sorted(set.intersection(*(set(e.counts[bench]) for pair in both.values() for e in pair.values())))
+        if any(k > e.counts[bench][q][0] for pair in both.values() for e in pair.values() for q in questions):
+            return []  # pass@k needs k <= the samples of every paired problem
         if questions:
             out.append(np.array([[100.0 * (pass_at_k(*both[s]["a"].counts[bench][q], k)
                                            - pass_at_k(*both[s]["b"].counts[bench][q], k)) for q in questions]
@@ -96,23 +100,28 @@ def paired_blocks(a: dict[int, Evaluated], b: dict[int, Evaluated], k: int) -> l
     return out
 
 
+def reference_for(row: Row, refs: list[Row]) -> Row | None:
+    """The reference row ``row`` is compared with: the one standing for ``row``'s own sweep arm (an arm that
+    changes the reference's inputs has its own), else the only one there is (an arm without that baseline,
+    e.g. ``baselines: []``, compared with the sweep's one), else none."""
+    own = next((r for r in refs if row.arm in (r.arm, *r.also)), None)
+    return own or (refs[0] if len(refs) == 1 else None)
+
+
 def differences(rows: list[Row], ks: list[int], reference: str, resamples: int, confidence: float
                 ) -> list[dict[str, Any]]:
-    """Every trained row (not the base model, not the reference itself) minus the ``reference`` model's row,
-    paired on seeds and problems, with its bootstrap interval: whether an arm beats e.g. vanilla GRPO is read
-    off this interval, not off two overlapping intervals of the rows."""
-    ref = next((r for r in rows if r.model == reference), None)
-    if ref is None:
-        return []
+    """Every trained row (not the base model, not a reference itself) minus its ``reference`` model's row
+    (`reference_for`), paired on seeds and problems, with its bootstrap interval: whether an arm beats e.g.
+    vanilla GRPO is read off this interval, not off two overlapping intervals of the rows."""
+    refs = [r for r in rows if r.model == reference]
     out = []
     for row in rows:
-        if row is ref or row.model == Arm.BASE:
+        ref = reference_for(row, refs)
+        if ref is None or row.model in (reference, Arm.BASE):
             continue
         entry: dict[str, Any] = {"label": row.label, "reference": ref.label, "delta": {}}
-        fewest = min((n for e in [*row.by_seed.values(), *ref.by_seed.values()] for qs in e.counts.values()
-                      for n, _ in qs.values()), default=0)
         for k in ks:
-            got = paired_blocks(row.by_seed, ref.by_seed, k) if k <= fewest else []
+            got = paired_blocks(row.by_seed, ref.by_seed, k)
             if got:
                 iv = bootstrap(got, resamples=resamples, confidence=confidence, seed=k)
                 entry["delta"][str(k)] = {"mean": iv.mean, "low": iv.low, "high": iv.high,
@@ -125,15 +134,28 @@ def spread(values: list[float]) -> dict[str, float]:
     return {"mean": float(np.mean(values)), "min": float(min(values)), "max": float(max(values)), "n": len(values)}
 
 
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and np.isfinite(v)
+
+
 def stage_table(rows: list[Row], stage: str, figures: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Per row whose model ran ``stage``: each of ``figures`` over seeds (mean, min, max)."""
-    out = []
+    """Per row whose model ran ``stage``: each of ``figures`` over seeds (mean, min, max). Rows whose ``stage``
+    is the same artifact in every seed (arms that change only later stages) are one entry naming every arm."""
+    groups: dict[tuple[Any, ...], list[Row]] = {}
     for row in rows:
+        uris = tuple(sorted((s, e.stage_uris.get(stage)) for s, e in row.by_seed.items()))
+        shared = all(uri is not None for _, uri in uris)
+        groups.setdefault((row.model, uris) if shared else (id(row),), []).append(row)
+    out = []
+    for same in groups.values():
+        row = same[0]
         per_seed = [e.stages[stage] for e in row.by_seed.values() if stage in e.stages]
-        cells = {f: spread([float(fig[f]) for fig in per_seed if f in fig]) for f in figures
-                 if any(f in fig for fig in per_seed)}
+        # a figure a seed could not compute (NaN: a GRPO run whose every step was skipped) is left out
+        cells = {f: spread([float(fig[f]) for fig in per_seed if _finite(fig.get(f))]) for f in figures
+                 if any(_finite(fig.get(f)) for fig in per_seed)}
+        arms = list(dict.fromkeys(a for r in same for a in (r.arm, *r.also)))
         if cells:
-            out.append({"label": row.label, "figures": cells})
+            out.append({"label": f"{'/'.join(arms)}: {ARMS[Arm(row.model)].label}", "figures": cells})
     return out
 
 
@@ -202,22 +224,26 @@ def markdown(name: str, summary: list[dict[str, Any]], ks: list[int], confidence
 
 
 def _spread_cell(c: dict[str, float]) -> str:
-    fmt = (lambda v: f"{v:.3g}") if abs(c["mean"]) < 10 else (lambda v: f"{v:.1f}")
+    if all(float(c[x]).is_integer() for x in ("mean", "min", "max")):  # counts: 128, not 128.0
+        fmt = (lambda v: f"{v:.0f}")
+    else:
+        fmt = (lambda v: f"{v:.3g}") if abs(c["mean"]) < 10 else (lambda v: f"{v:.1f}")
     return fmt(c["mean"]) if c["min"] == c["max"] else f"{fmt(c['mean'])} [{fmt(c['min'])}, {fmt(c['max'])}]"
 
 
 def differences_markdown(diffs: list[dict[str, Any]], shown: list[int], confidence: float) -> list[str]:
     if not diffs:
         return []
-    md = ["", f"## Differences against {diffs[0]['reference']}", "",
+    md = ["", f"## Differences against {ARMS[REFERENCE].label}", "",
           f"pass@k(row) - pass@k(reference) in points, paired on seeds and problems; [{int(confidence * 100)}% "
           "bootstrap interval]. An interval that excludes 0 is a difference this sweep resolves.", "",
-          "| model | seeds | " + " | ".join(f"Δ pass@{k}" for k in shown) + " |", "|---|---|" + "---|" * len(shown)]
+          "| model | reference | seeds | " + " | ".join(f"Δ pass@{k}" for k in shown) + " |",
+          "|---|---|---|" + "---|" * len(shown)]
     for d in diffs:
         cells = [str(Interval(v["mean"], v["low"], v["high"])) if (v := d["delta"].get(str(k))) else "—"
                  for k in shown]
         seeds = max((v["seeds"] for v in d["delta"].values()), default=0)
-        md.append(f"| {d['label']} | {seeds} | " + " | ".join(cells) + " |")
+        md.append(f"| {d['label']} | {d['reference']} | {seeds} | " + " | ".join(cells) + " |")
     return md
 
 
@@ -264,7 +290,17 @@ def _rewards(result: dict[str, Any] | None) -> list[float]:
         rows = read_json(join(result["artifactUri"], "steps.json"))
     except (OSError, ValueError, KeyError):
         return []
-    return [float(r["reward_mean"]) for r in rows if "reward_mean" in r]
+    return step_rewards(rows)
+
+
+def step_rewards(rows: list[dict[str, Any]]) -> list[float]:
+    """Mean reward by GRPO step (index = step - 1), NaN for a step skipped (all its groups zero-signal), so
+    seeds stay aligned on the step axis."""
+    out = [float("nan")] * max((int(r["step"]) for r in rows), default=0)
+    for r in rows:
+        if "reward_mean" in r:
+            out[int(r["step"]) - 1] = float(r["reward_mean"])
+    return out
 
 
 def reward_curves(rows: list[Row]) -> dict[str, list[list[float]]]:
@@ -292,8 +328,9 @@ def collect(sweep) -> tuple[list[Row], dict[str, int]]:
                 continue
             ev = _evaluated(res["artifactUri"])
             if ev is not None:
-                ev.stages = {k.split("/", 1)[1]: r.get("figures", {}) for k, r in results.items()
-                             if k.split("/", 1)[0] == model}
+                mine = {k.split("/", 1)[1]: r for k, r in results.items() if k.split("/", 1)[0] == model}
+                ev.stages = {stage: r.get("figures", {}) for stage, r in mine.items()}
+                ev.stage_uris = {stage: r["artifactUri"] for stage, r in mine.items() if r.get("artifactUri")}
                 ev.rewards = _rewards(results.get(f"{model}/{Stage.GRPO}"))
                 rows.setdefault((arm, model), Row(arm, model)).by_seed[seed] = ev
     order = {a.name: i for i, a in enumerate(sweep.spec.arms)}
