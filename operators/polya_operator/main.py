@@ -361,14 +361,17 @@ class SweepCache:
         self._lock = threading.Lock()
         self.children: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}  # (ns, sweep) -> name -> body
         self.listed: dict[tuple[str, str], float] = {}  # (ns, sweep) -> monotonic time of the last list
+        self.gone: dict[tuple[str, str], dict[str, int]] = {}  # (ns, sweep) -> deleted child -> its last rv
 
     def child_event(self, ns: str, body: dict[str, Any], deleted: bool) -> bool:
         """Record a watch event; True when what the sweep's status reads changed (existence, phase, spec)."""
         meta = body["metadata"]
         with self._lock:
-            kids = self.children.setdefault((ns, meta["labels"][LABEL_SWEEP]), {})
+            key = (ns, meta["labels"][LABEL_SWEEP])
+            kids = self.children.setdefault(key, {})
             old = kids.get(meta["name"])
-            if deleted:
+            if deleted:  # remembered, so that a list read before the deletion does not bring it back
+                self.gone.setdefault(key, {})[meta["name"]] = _rv(body)
                 return kids.pop(meta["name"], None) is not None
             if old is not None and _rv(body) < _rv(old):
                 return False
@@ -383,6 +386,7 @@ class SweepCache:
         with self._lock:
             self.children.pop((ns, sweep), None)
             self.listed.pop((ns, sweep), None)
+            self.gone.pop((ns, sweep), None)
 
     def stale(self, ns: str, sweep: str, max_age: float) -> bool:
         """True when the sweep's children were last listed from the API server over ``max_age`` s ago (or never)."""
@@ -391,12 +395,15 @@ class SweepCache:
 
     def refresh(self, ns: str, sweep: str, items: list[dict[str, Any]]) -> None:
         """Replace the sweep's children with a list read from the API server (the resync behind a missed watch
-        event): a child the list lacks is gone, a cached body newer than the listed one is kept."""
+        event): a child the list lacks is gone, a cached body newer than the listed one is kept, and a listed
+        child the watch has since seen deleted (the list was read before) stays gone."""
         with self._lock:
-            old = self.children.get((ns, sweep), {})
+            old, gone = self.children.get((ns, sweep), {}), self.gone.get((ns, sweep), {})
             fresh = {}
             for body in items:
                 name = body["metadata"]["name"]
+                if name in gone and _rv(body) <= gone[name]:
+                    continue
                 fresh[name] = old[name] if name in old and _rv(old[name]) > _rv(body) else body
             self.children[(ns, sweep)] = fresh
             self.listed[(ns, sweep)] = time.monotonic()

@@ -1,6 +1,7 @@
 """The operator's Prometheus metrics (names are part of the Grafana dashboard's contract)."""
 from __future__ import annotations
 
+import threading
 from typing import get_args
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -26,22 +27,31 @@ ALL_NAMES = sorted([
 ])
 
 _phases: dict[tuple[str, str], str] = {}
+#: record_phase / record_sweep run on the reconcile pool's threads and kopf's: one count-and-set at a time
+_guard = threading.Lock()
 
 
 def record_phase(namespace: str, name: str, phase: str | None) -> None:
     """Keep the runs-by-phase gauge equal to the latest phase of every run seen."""
-    if phase is None:
-        _phases.pop((namespace, name), None)
-    else:
-        _phases[(namespace, name)] = phase
+    with _guard:
+        if phase is None:
+            _phases.pop((namespace, name), None)
+        else:
+            _phases[(namespace, name)] = phase
+        _set_counts(RUNS, _phases, get_args(RunPhase))
+
+
+def _set_counts(gauge: Gauge, latest: dict[tuple[str, str], str], phases: tuple[str, ...]) -> None:
     counts: dict[str, int] = {}
-    for p in _phases.values():
+    for p in latest.values():
         counts[p] = counts.get(p, 0) + 1
-    for p in get_args(RunPhase):
-        RUNS.labels(p).set(counts.get(p, 0))
+    for p in phases:
+        gauge.labels(p).set(counts.get(p, 0))
 
 
 _sweep_phases: dict[tuple[str, str], str] = {}
+#: record_phase / record_sweep run on the reconcile pool's threads and kopf's: one count-and-set at a time
+_guard = threading.Lock()
 
 
 def record_sweep(namespace: str, name: str, status: dict | None) -> None:
@@ -49,20 +59,17 @@ def record_sweep(namespace: str, name: str, status: dict | None) -> None:
     the sweep is gone (its series are dropped)."""
     from polya.sweep import PolyaSweepStatus
 
-    if status is None:
-        _sweep_phases.pop((namespace, name), None)
-        try:
-            SWEEP_PROGRESS.remove(namespace, name)
-        except KeyError:
-            pass
-    else:
-        _sweep_phases[(namespace, name)] = status.get("phase") or "Pending"
-        SWEEP_PROGRESS.labels(namespace, name).set(status.get("succeeded", 0) / max(1, status.get("total", 0)))
-    counts: dict[str, int] = {}
-    for p in _sweep_phases.values():
-        counts[p] = counts.get(p, 0) + 1
-    for p in get_args(PolyaSweepStatus.model_fields["phase"].annotation):
-        SWEEPS.labels(p).set(counts.get(p, 0))
+    with _guard:
+        if status is None:
+            _sweep_phases.pop((namespace, name), None)
+            try:
+                SWEEP_PROGRESS.remove(namespace, name)
+            except KeyError:
+                pass
+        else:
+            _sweep_phases[(namespace, name)] = status.get("phase") or "Pending"
+            SWEEP_PROGRESS.labels(namespace, name).set(status.get("succeeded", 0) / max(1, status.get("total", 0)))
+        _set_counts(SWEEPS, _sweep_phases, get_args(PolyaSweepStatus.model_fields["phase"].annotation))
 
 
 def tracked_runs() -> int:
