@@ -284,3 +284,17 @@ def test_a_stage_two_arms_share_is_one_entry_of_its_table():
             Row("n1", "polya", {0: ev("g0", 7), 1: ev("g1", 9)})]
     got = {e["label"]: e["figures"]["kept"]["mean"] for e in stage_table(rows, "filter", ("kept",))}
     assert got == {"lr-a/lr-b: Polya (SFT + GRPO)": 4.0, "n1: Polya (SFT + GRPO)": 8.0}
+
+
+def test_the_same_model_is_compared_across_arms():
+    from polya.analysis.sweep_report import arm_differences
+
+    def ev(c):
+        return {0: _ev(f"x{c}", {"q": (4, c)}), 1: _ev(f"y{c}", {"q": (4, c)})}
+
+    shared_base = Row("n4", "base", ev(0), also=["n1"])
+    rows = [shared_base, Row("n4", "polya", ev(1)), Row("n1", "polya", ev(3)), Row("n1", "polya-sft", ev(2))]
+    (d,) = arm_differences(rows, [1, 2], 100, 0.95)  # base: one shared row; polya-sft: in one arm only
+    assert (d["label"], d["reference"]) == ("n1: Polya (SFT + GRPO)", "n4: Polya (SFT + GRPO)")
+    assert d["delta"]["1"]["mean"] == pytest.approx(50.0) and d["delta"]["1"]["seeds"] == 2
+    assert d["delta"]["2"]["mean"] == pytest.approx(50.0)  # pass@2: 1 - C(1,2)/C(4,2) = 1 vs 1 - C(3,2)/C(4,2) = 0.5

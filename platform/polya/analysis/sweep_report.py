@@ -5,7 +5,8 @@ with its pass@k at each k as the mean over benchmarks, seeds and problems and a 
 seeds and problems (`polya.analysis.bootstrap`), and its composition rate (mean over seeds, with their
 range). A model several arms share (the base model, a baseline whose inputs the arms do not change) is the
 same artifact in each: it gets one row, naming every arm it stands for. Then every trained model's paired
-difference from vanilla GRPO (same seeds, same problems) with its interval, the GRPO training reward of the
+difference from vanilla GRPO (same seeds, same problems) with its interval, the same model's paired
+difference between arms (n = 4 against a budget-matched n = 1), the GRPO training reward of the
 first and last five steps, and what filtering kept of the self-generated data, over seeds. Reads only the
 children's results and evaluation artifacts, so it can be rebuilt at any time; children that have not
 finished are counted, not waited for.
@@ -119,14 +120,29 @@ def differences(rows: list[Row], ks: list[int], reference: str, resamples: int, 
         ref = reference_for(row, refs)
         if ref is None or row.model in (reference, Arm.BASE):
             continue
-        entry: dict[str, Any] = {"label": row.label, "reference": ref.label, "delta": {}}
-        for k in ks:
-            got = paired_blocks(row.by_seed, ref.by_seed, k)
-            if got:
-                iv = bootstrap(got, resamples=resamples, confidence=confidence, seed=k)
-                entry["delta"][str(k)] = {"mean": iv.mean, "low": iv.low, "high": iv.high,
-                                          "seeds": got[0].shape[0]}
-        out.append(entry)
+        out.append(paired_delta(row, ref, ks, resamples, confidence))
+    return out
+
+
+def paired_delta(row: Row, ref: Row, ks: list[int], resamples: int, confidence: float) -> dict[str, Any]:
+    """pass@k(row) - pass@k(ref) per k, paired on seeds and problems, with its bootstrap interval."""
+    entry: dict[str, Any] = {"label": row.label, "reference": ref.label, "delta": {}}
+    for k in ks:
+        got = paired_blocks(row.by_seed, ref.by_seed, k)
+        if got:
+            iv = bootstrap(got, resamples=resamples, confidence=confidence, seed=k)
+            entry["delta"][str(k)] = {"mean": iv.mean, "low": iv.low, "high": iv.high, "seeds": got[0].shape[0]}
+    return entry
+
+
+def arm_differences(rows: list[Row], ks: list[int], resamples: int, confidence: float) -> list[dict[str, Any]]:
+    """The same model across sweep arms (e.g. Polya with n = 4 against the budget-matched n = 1): each later
+    arm's row minus the first arm's, paired on seeds and problems. Rows several arms share are not compared
+    (they are one artifact)."""
+    out = []
+    for model in dict.fromkeys(r.model for r in rows):
+        same = [r for r in rows if r.model == model]
+        out += [paired_delta(r, same[0], ks, resamples, confidence) for r in same[1:]]
     return out
 
 
@@ -211,6 +227,8 @@ def markdown(name: str, summary: list[dict[str, Any]], ks: list[int], confidence
         comp_cell = (f"{100 * comp['mean']:.1f}% ({100 * comp['min']:.1f}–{100 * comp['max']:.1f})" if comp else "—")
         md.append(f"| {e['label']} | {len(e['seeds'])} | " + " | ".join(cells) + f" | {comp_cell} |")
     md += differences_markdown(extra.get("differences", []), shown, confidence)
+    md += differences_markdown(extra.get("between_arms", []), shown, confidence,
+                               title="The same model across arms (each against the first arm's)")
     md += table_markdown("GRPO training reward", "mean reward of the first and last five GRPO steps (mean over "
                          "seeds [min, max]); the rise is last five minus first five", extra.get("training", []),
                          (("reward_first5", "first 5 steps"), ("reward_last5", "last 5 steps")), rise=True)
@@ -231,10 +249,11 @@ def _spread_cell(c: dict[str, float]) -> str:
     return fmt(c["mean"]) if c["min"] == c["max"] else f"{fmt(c['mean'])} [{fmt(c['min'])}, {fmt(c['max'])}]"
 
 
-def differences_markdown(diffs: list[dict[str, Any]], shown: list[int], confidence: float) -> list[str]:
+def differences_markdown(diffs: list[dict[str, Any]], shown: list[int], confidence: float,
+                         title: str = f"Differences against {ARMS[REFERENCE].label}") -> list[str]:
     if not diffs:
         return []
-    md = ["", f"## Differences against {ARMS[REFERENCE].label}", "",
+    md = ["", f"## {title}", "",
           f"pass@k(row) - pass@k(reference) in points, paired on seeds and problems; [{int(confidence * 100)}% "
           "bootstrap interval]. An interval that excludes 0 is a difference this sweep resolves.", "",
           "| model | reference | seeds | " + " | ".join(f"Δ pass@{k}" for k in shown) + " |",
@@ -363,6 +382,7 @@ def build_sweep_report(sweep, out_dir: Path) -> Path:
         plot_reward_curves(rewards, out_dir / "sweep_rewards.png", title=f"GRPO reward — {sweep.metadata.name}")
         plots.append(("GRPO training reward per step", "sweep_rewards.png"))
     extra = {"differences": differences(rows, ks, REFERENCE, sweep.spec.bootstrap, sweep.spec.confidence),
+             "between_arms": arm_differences(rows, ks, sweep.spec.bootstrap, sweep.spec.confidence),
              "training": stage_table(rows, Stage.GRPO, ("reward_first5", "reward_last5")),
              "data": stage_table([r for r in rows if r.model in (Arm.POLYA, Arm.STAR)], Stage.FILTER,
                                  ("traces", "verify_rate", "kept", "vendi"))}
