@@ -44,14 +44,21 @@ def write_sweep_report(sweep) -> str:
     return str(path)
 
 
+def run_order(sweep) -> list:
+    """The children in the order this machine runs them: seed-major (every arm of seed 0, then of seed 1,
+    ...), so a sweep cut short holds whole seeds to compare."""
+    from polya.sweep import children
+
+    seed_order = {seed: i for i, seed in enumerate(sweep.spec.seeds)}
+    return sorted(children(sweep), key=lambda c: seed_order[c.spec.seed])
+
+
 def run_sweep(sweep, path: str, dry_run: bool = False, verbose: bool = False) -> int:
     from polya.cli import check_inputs
     from polya.pipeline import execute
-    from polya.sweep import aggregate, children
+    from polya.sweep import aggregate
 
-    # seed-major (every arm of seed 0, then of seed 1, ...): a sweep cut short holds whole seeds to compare
-    seed_order = {seed: i for i, seed in enumerate(sweep.spec.seeds)}
-    kids = sorted(children(sweep), key=lambda c: seed_order[c.spec.seed])
+    kids = run_order(sweep)
     _print_children(sweep, kids)
     if dry_run:
         return 0

@@ -298,3 +298,14 @@ def test_the_same_model_is_compared_across_arms():
     assert (d["label"], d["reference"]) == ("n1: Polya (SFT + GRPO)", "n4: Polya (SFT + GRPO)")
     assert d["delta"]["1"]["mean"] == pytest.approx(50.0) and d["delta"]["1"]["seeds"] == 2
     assert d["delta"]["2"]["mean"] == pytest.approx(50.0)  # pass@2: 1 - C(1,2)/C(4,2) = 1 vs 1 - C(3,2)/C(4,2) = 0.5
+
+
+def test_this_machine_runs_a_sweep_seed_by_seed(local_doc):
+    """Every arm of the first seed, then of the next (the order of spec.seeds): a sweep cut short holds whole
+    seeds to compare; the status keeps arm-major order."""
+    from polya.sweep_run import run_order
+
+    sweep = load_sweep(sweep_doc(local_doc, seeds=[5, 2]))
+    assert [c.metadata.name for c in run_order(sweep)] == ["n-vs-q-n4-s5", "n-vs-q-n1-s5", "n-vs-q-n4-s2",
+                                                           "n-vs-q-n1-s2"]
+    assert [c.metadata.name for c in children(sweep)][:2] == ["n-vs-q-n4-s5", "n-vs-q-n4-s2"]
