@@ -15,7 +15,7 @@ from conftest import REPO, events, tiny_run
 
 pytestmark = pytest.mark.slow
 
-CHILDREN = ["tiny-lr-a-s0", "tiny-lr-a-s1", "tiny-lr-b-s0", "tiny-lr-b-s1"]
+CHILDREN = ["tiny-lr-a-s0", "tiny-lr-b-s0", "tiny-lr-a-s1", "tiny-lr-b-s1"]  # seed-major
 STEPS = ["base/evaluate", "polya/selfgen", "polya/filter", "polya/midtrain", "polya-sft/evaluate", "polya/grpo",
          "polya/evaluate"]
 
@@ -35,6 +35,11 @@ def by_child(evs: list[dict]) -> dict[str, dict[str, bool]]:
 def test_a_tiny_sweep_shares_equal_stages_and_reports_across_children(tiny_model, tmp_path):
     storage = tmp_path / "sweep"
     template = tiny_run(tiny_model, storage, grpo_steps=1)["spec"]
+    # the transformers engine: what this test checks is the sweep (children, sharing, report), not the rollout
+    # engine, and a vLLM engine start in each of its 14 stages that generate took most of its 11 minutes; vLLM
+    # runs every stage in test_pipeline.py
+    for block in (template["selfGeneration"], template["grpo"]["rollout"], template["evaluation"]):
+        block["engine"] = "transformers"
     doc = {"apiVersion": "polya.dev/v1alpha1", "kind": "PolyaSweep", "metadata": {"name": "tiny"},
            "spec": {"template": template, "seeds": [0, 1], "bootstrap": 200,
                     "arms": [{"name": "lr-a", "set": {"grpo.learningRate": 1e-3}},
@@ -69,6 +74,10 @@ def test_a_tiny_sweep_shares_equal_stages_and_reports_across_children(tiny_model
         assert row["seeds"] == [0, 1] and set(row["pass_at_k"]) == {"1", "2"}
         for iv in row["pass_at_k"].values():
             assert iv["low"] <= iv["mean"] <= iv["high"]
+    # what filtering kept, over seeds, read from each child's results (the filter is shared by both arms)
+    (data,) = report["data"]
+    assert data["label"] == "lr-a/lr-b: Polya (SFT + GRPO)" and data["figures"]["traces"]["n"] == 2
+    assert data["figures"]["traces"]["mean"] == 6  # 3 questions x 1 heuristic x 2 samples
     md = (storage / "sweep-report" / "sweep.md").read_text()
     assert "4/4 children have results." in md and "| lr-a/lr-b: base model | 2 |" in md
     assert (storage / "sweep-report" / "sweep_passk.png").stat().st_size > 0
