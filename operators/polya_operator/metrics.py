@@ -7,6 +7,7 @@ from typing import get_args
 from prometheus_client import Counter, Gauge, Histogram
 
 from polya.spec import RunPhase
+from polya.sweep import PolyaSweepStatus
 
 RUNS = Gauge("polya_operator_runs", "PolyaRuns by phase", ["phase"])
 STAGE_DURATION = Histogram("polya_operator_stage_duration_seconds", "Wall time of succeeded stages (RayJob start to end)",
@@ -50,15 +51,11 @@ def _set_counts(gauge: Gauge, latest: dict[tuple[str, str], str], phases: tuple[
 
 
 _sweep_phases: dict[tuple[str, str], str] = {}
-#: record_phase / record_sweep run on the reconcile pool's threads and kopf's: one count-and-set at a time
-_guard = threading.Lock()
 
 
 def record_sweep(namespace: str, name: str, status: dict | None) -> None:
     """Keep the sweeps-by-phase gauge and the sweep's progress (succeeded / total children) current; ``None``:
     the sweep is gone (its series are dropped)."""
-    from polya.sweep import PolyaSweepStatus
-
     with _guard:
         if status is None:
             _sweep_phases.pop((namespace, name), None)

@@ -350,7 +350,7 @@ def collect(sweep) -> tuple[list[Row], dict[str, int]]:
                 mine = {k.split("/", 1)[1]: r for k, r in results.items() if k.split("/", 1)[0] == model}
                 ev.stages = {stage: r.get("figures", {}) for stage, r in mine.items()}
                 ev.stage_uris = {stage: r["artifactUri"] for stage, r in mine.items() if r.get("artifactUri")}
-                ev.rewards = _rewards(results.get(f"{model}/{Stage.GRPO}"))
+                ev.rewards = _rewards(mine.get(Stage.GRPO))
                 rows.setdefault((arm, model), Row(arm, model)).by_seed[seed] = ev
     order = {a.name: i for i, a in enumerate(sweep.spec.arms)}
     models = {str(a): i for i, a in enumerate(ARMS)}
