@@ -267,6 +267,40 @@ def test_the_same_run_under_a_new_name_reuses_every_stage_and_serves_the_final_m
     print(f"RayService gone {time.time() - t0:.0f} s after the run's deletion")
 
 
+def test_a_sweep_over_the_finished_runs_spec_reuses_its_stages_and_exports_progress(e2e: Cluster, kube):
+    """A PolyaSweep (one arm, seed 0) whose template is the finished run's spec, its store the run's: the operator
+    (under the chart's RBAC) creates the child PolyaRun it owns, the child reuses every stage from the shared
+    store, the sweep aggregates to Succeeded, and Prometheus scrapes the sweep's progress from the operator."""
+    name, arm = "e2e-sweep", "same"
+    child = f"{name}-{arm}-s0"
+    template = spec_doc(e2e, "unused", "run")["spec"]
+    doc = {"apiVersion": f"{G}/{V}", "kind": "PolyaSweep", "metadata": {"name": name, "namespace": NS},
+           "spec": {"template": template, "arms": [{"name": arm}], "seeds": [0]}}
+    out = kubectl(kube, "apply", "-f", "-", input=yaml.safe_dump(doc))
+    assert out.returncode == 0, out.stderr
+    sweep = wait_for(lambda: (lambda o: o if (o.get("status") or {}).get("phase") == "Succeeded" else None)(
+        e2e.custom.get_namespaced_custom_object(G, V, NS, "polyasweeps", name)), timeout=180, interval=1,
+        what="the sweep to succeed")
+    assert sweep["status"]["succeeded"] == sweep["status"]["total"] == 1, sweep["status"]
+    run = e2e.run(child)
+    assert [(o["kind"], o["name"], o.get("controller")) for o in run["metadata"]["ownerReferences"]] == [
+        ("PolyaSweep", name, True)]
+    storage = run["spec"]["storage"]
+    assert (storage["uri"], storage["artifacts"]) == (f"{e2e.bucket}/run/runs/{child}", f"{e2e.bucket}/run")
+    stages = run["status"]["stages"]
+    assert stages and all(s["message"] == "reused from storage (no RayJob)" for s in stages), stages
+    assert e2e.rayjobs(child) == {}
+    original = {s["name"]: s["artifactUri"] for s in e2e.run(RUN)["status"]["stages"]}
+    assert {s["name"]: s["artifactUri"] for s in stages} == original
+
+    def scraped():
+        now = time.time()
+        series = e2e.prometheus.query_range(f'polya_operator_sweep_progress_ratio{{namespace="{NS}",sweep="{name}"}}',
+                                            now - 30, now)
+        return series and float(series[0]["values"][-1][1]) == 1.0
+    wait_for(scraped, timeout=30, interval=1, what="Prometheus to scrape the sweep's progress (1.0)")
+
+
 def test_deleting_a_running_run_without_the_operator_removes_its_rayjobs_and_pods(e2e: Cluster, kube):
     """As after `helm uninstall`: no operator runs, no finalizer waits on it; garbage collection and KubeRay
     remove the RayJob, its pods and its containers."""
