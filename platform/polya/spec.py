@@ -510,6 +510,17 @@ class LearnerSpec(_Model):
     maxGradNorm: Annotated[float, Field(gt=0)] = 1.0
     warmupRatio: Fraction = 0.03
     checkpointEvery: Annotated[PositiveInt, NOT_IN_KEY] = Field(default=50, description="Optimizer steps between checkpoints.")
+    keepCheckpoints: Annotated[PositiveInt | None, NOT_IN_KEY] = Field(
+        default=None,
+        description="Newest step checkpoints kept while the stage trains: older ones are deleted once a newer one is "
+        "complete (OpenRLHF max_ckpt_num). null: every one.",
+    )
+    deleteCheckpointsOnCommit: Annotated[bool, NOT_IN_KEY] = Field(
+        default=False,
+        description="Delete the stage's checkpoints once its artifact is committed (they serve only to resume the "
+        "uncommitted stage; a DeepSpeed checkpoint is ~13 bytes per parameter: 1.8 GB for a 135M model). Sweeps "
+        "and small disks want true.",
+    )
     offloadOptimizer: bool = False
 
 

@@ -107,3 +107,24 @@ def test_killed_sft_resumes_to_the_same_losses(ray_session, tiny_model, tmp_path
     for a, b in zip(rows, reference["log"]):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-6), a["step"]
         assert a["lr"] == pytest.approx(b["lr"], rel=1e-9), a["step"]
+
+
+def test_checkpoint_retention_while_training_and_after_commit(ray_session, tiny_model, tmp_path):
+    """A checkpoint every step (4 steps): ``keepCheckpoints: 2`` leaves the newest two (the default leaves all
+    four: test_sft_two_workers_zero2 keeps both of its); ``deleteCheckpointsOnCommit`` leaves none once the
+    artifact is committed, and the committed model is untouched by it."""
+    from polya.rl.learner import checkpoint_steps
+    from polya.stages import midtrain
+
+    kept = _setup(tiny_model, tmp_path / "kept", workers=1, checkpointEvery=1, keepCheckpoints=2)
+    assert midtrain.run(kept).figures["steps"] == 4
+    ckpt_uri = kept.learner_job(kept.artifact(), str(tiny_model)).ckpt_uri
+    assert checkpoint_steps(ckpt_uri) == [3, 4]
+    assert sorted(p.name for p in (tmp_path / "kept" / "run" / "checkpoints" / "midtrain" / kept.key()).iterdir()) == [
+        "step_3", "step_4"]
+
+    dropped = _setup(tiny_model, tmp_path / "dropped", workers=1, checkpointEvery=1, deleteCheckpointsOnCommit=True)
+    res = midtrain.run(dropped)
+    assert not (tmp_path / "dropped" / "run" / "checkpoints" / "midtrain" / dropped.key()).exists()
+    assert AutoModelForCausalLM.from_pretrained(dropped.artifact().local / "model") is not None
+    assert midtrain.run(dropped).skipped and res.figures["steps"] == 4

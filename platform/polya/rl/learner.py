@@ -46,19 +46,48 @@ class LearnerJob:
     ckpt_uri: str  # checkpoints: step_<N>/ folders
     seed: int
     crash_after_step: int = 0  # fault injection for resume tests (POLYA_CRASH_AFTER_STEP)
+    keep_checkpoints: int | None = None  # newest complete checkpoints kept (`stale_checkpoints`); None: all
     revision: str | None = None  # hub revision of ``model``
     trust_remote_code: bool = False
 
 
 def checkpoint_steps(ckpt_uri: str) -> list[int]:
     """The steps of the complete checkpoints (their state file exists) under ``ckpt_uri``, in order."""
+    return checkpoint_folders(ckpt_uri)[0]
+
+
+def stale_checkpoints(complete: list[int], partial: list[int], newest: int, keep: int | None) -> list[int]:
+    """The step folders to delete once checkpoint ``newest`` is complete: complete ones beyond the ``keep`` newest
+    (None: none of them), and partial ones (no state file: a crashed attempt's) older than ``newest``, which no
+    resume can use. Never ``newest`` itself, nor anything newer (a concurrent writer's)."""
+    old = [s for s in complete if s < newest]
+    drop = [] if keep is None else sorted(old)[: max(0, len(old) - (keep - 1))]
+    return sorted(set(drop) | {s for s in partial if s < newest})
+
+
+def checkpoint_folders(ckpt_uri: str) -> tuple[list[int], list[int]]:
+    """The steps of the complete and of the partial (no state file) ``step_<N>`` folders under ``ckpt_uri``."""
     from polya import storage
 
     if not storage.exists(ckpt_uri):
-        return []
-    found = storage.listing(ckpt_uri)
-    return sorted(int(rel.split("/")[0].split("_")[1]) for rel in found
-                  if rel.startswith("step_") and rel.endswith("/" + CKPT_STATE))
+        return [], []
+    found = [rel for rel in storage.listing(ckpt_uri) if rel.startswith("step_")]
+    steps = {int(rel.split("/")[0].split("_")[1]) for rel in found}
+    complete = {int(rel.split("/")[0].split("_")[1]) for rel in found if rel.endswith("/" + CKPT_STATE)}
+    return sorted(complete), sorted(steps - complete)
+
+
+def prune_checkpoints(ckpt_uri: str, newest: int, keep: int | None) -> list[int]:
+    """Delete `stale_checkpoints` under ``ckpt_uri``, each state file first (a half-deleted folder is never taken
+    for a complete checkpoint); returns the steps deleted."""
+    from polya import storage
+
+    drop = stale_checkpoints(*checkpoint_folders(ckpt_uri), newest, keep)
+    for step in drop:
+        folder = storage.join(ckpt_uri, f"step_{step}")
+        storage.remove(storage.join(folder, CKPT_STATE))
+        storage.remove(folder)
+    return drop
 
 
 def latest_checkpoint(ckpt_uri: str) -> str | None:
@@ -241,6 +270,7 @@ class Learner:
         torch.distributed.barrier()
         if self.rank == 0:
             storage.write_json(storage.join(uri, CKPT_STATE), {"step": step, **state, "resumes": self.resumes})
+            prune_checkpoints(self.job.ckpt_uri, step, self.job.keep_checkpoints)
         torch.distributed.barrier()
         if remote and self.node_leader:
             storage.remove(str(target))  # storage holds it now; a resume fetches it back

@@ -85,7 +85,15 @@ class StageContext:
         return LearnerJob(model=model, revision=spec.model.revision_for(model),
                           trust_remote_code=spec.model.trustRemoteCode, out_uri=art.uri,
                           ckpt_uri=self.store.child("checkpoints", self.stage.name, art.key), seed=spec.seed,
+                          keep_checkpoints=self.settings.keepCheckpoints,
                           crash_after_step=int(os.environ.get("POLYA_CRASH_AFTER_STEP", "0")))  # tests only
+
+    def committed_learner(self, job: LearnerJob) -> None:
+        """After a learner stage's commit: its checkpoints go where the settings say so (deleteCheckpointsOnCommit)."""
+        if self.settings.deleteCheckpointsOnCommit:
+            from polya import storage
+
+            storage.remove(job.ckpt_uri)
 
     def engine(self, block: EngineSpec, model_path: str, served_name: str | None = None,
                model: ModelSpec | None = None) -> EngineConfig:

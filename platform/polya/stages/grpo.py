@@ -479,4 +479,5 @@ def run(ctx: StageContext) -> StageResult:
     log.info("grpo: %s", figures)
     ctx.store.commit(art, figures, {"placement": {"learner": rows[-1].get("node") if rows else None,
                                                   "rollout": info.get("node")}})
+    ctx.committed_learner(job.learner)
     return StageResult(art.uri, figures)

@@ -142,4 +142,5 @@ def run(ctx: StageContext) -> StageResult:
                "loss_first": rows[0]["loss"] if rows else float("nan"), "loss_last": rows[-1]["loss"] if rows else float("nan")}
     log.info("midtrain: %s", figures)
     ctx.store.commit(art, figures)
+    ctx.committed_learner(job.learner)
     return StageResult(art.uri, figures)
