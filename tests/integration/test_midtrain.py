@@ -109,22 +109,34 @@ def test_killed_sft_resumes_to_the_same_losses(ray_session, tiny_model, tmp_path
         assert a["lr"] == pytest.approx(b["lr"], rel=1e-9), a["step"]
 
 
-def test_checkpoint_retention_while_training_and_after_commit(ray_session, tiny_model, tmp_path):
-    """A checkpoint every step (4 steps): ``keepCheckpoints: 2`` leaves the newest two (the default leaves all
-    four: test_sft_two_workers_zero2 keeps both of its); ``deleteCheckpointsOnCommit`` leaves none once the
-    artifact is committed, and the committed model is untouched by it."""
+def test_checkpoint_retention_while_training_and_after_commit(ray_session, tiny_model, tmp_path, monkeypatch):
+    """A checkpoint every step (4 steps, one worker). ``keepCheckpoints: 2`` leaves the newest two (the default
+    leaves every one: test_sft_two_workers_zero2 keeps both of its). With ``keepCheckpoints: 1`` and
+    ``deleteCheckpointsOnCommit``, a crash after step 3 leaves step 3 alone (1 and 2 pruned; the failed stage
+    keeps it), the rerun resumes from it, and once the artifact is committed no checkpoint is left."""
     from polya.rl.learner import checkpoint_steps
     from polya.stages import midtrain
 
     kept = _setup(tiny_model, tmp_path / "kept", workers=1, checkpointEvery=1, keepCheckpoints=2)
     assert midtrain.run(kept).figures["steps"] == 4
-    ckpt_uri = kept.learner_job(kept.artifact(), str(tiny_model)).ckpt_uri
-    assert checkpoint_steps(ckpt_uri) == [3, 4]
     assert sorted(p.name for p in (tmp_path / "kept" / "run" / "checkpoints" / "midtrain" / kept.key()).iterdir()) == [
         "step_3", "step_4"]
 
-    dropped = _setup(tiny_model, tmp_path / "dropped", workers=1, checkpointEvery=1, deleteCheckpointsOnCommit=True)
+    dropped = _setup(tiny_model, tmp_path / "dropped", workers=1, checkpointEvery=1, keepCheckpoints=1,
+                     deleteCheckpointsOnCommit=True)
+    ckpt_uri = dropped.learner_job(dropped.artifact(), str(tiny_model)).ckpt_uri
+    monkeypatch.setenv("POLYA_CRASH_AFTER_STEP", "3")
+    with pytest.raises(RuntimeError, match="mid-training failed"):
+        midtrain.run(dropped)
+    monkeypatch.delenv("POLYA_CRASH_AFTER_STEP")
+    assert checkpoint_steps(ckpt_uri) == [3]
+    assert sorted(p.name for p in (tmp_path / "dropped" / "run" / "checkpoints" / "midtrain" / dropped.key()).iterdir()) == [
+        "step_3"]
     res = midtrain.run(dropped)
+    folder = dropped.artifact().local
+    resumes = json.loads((folder / "resumes.json").read_text())
+    assert [(r["from_step"], r["checkpoint"].rsplit("/", 1)[-1]) for r in resumes] == [(3, "step_3")]
+    assert res.figures["steps"] == 4
     assert not (tmp_path / "dropped" / "run" / "checkpoints" / "midtrain" / dropped.key()).exists()
-    assert AutoModelForCausalLM.from_pretrained(dropped.artifact().local / "model") is not None
-    assert midtrain.run(dropped).skipped and res.figures["steps"] == 4
+    assert AutoModelForCausalLM.from_pretrained(folder / "model") is not None
+    assert midtrain.run(dropped).skipped

@@ -120,6 +120,7 @@ def test_grpo_dies_after_step_2_and_resumes_at_step_3_from_s3(s3_server, tiny_mo
     spec["spec"]["model"]["name"] = f"{bucket}/models/tiny"
     spec["spec"]["storage"]["uri"] = f"{bucket}/run"
     spec["spec"]["baselines"] = ["vanilla"]  # GRPO straight from the base model
+    spec["spec"]["grpo"]["keepCheckpoints"] = 2  # pruned in S3 once steps 3 and 4 are in
     args = ["stage", "grpo", "--arm", "vanilla"]
     client = s3fs_client(s3_server)
     first = start_two_nodes(tmp_path / "first", s3_server.env())
@@ -148,6 +149,9 @@ def test_grpo_dies_after_step_2_and_resumes_at_step_3_from_s3(s3_server, tiny_mo
         step4 = {p.split("/step_4/")[1] for p in client.find(f"{bucket[len('s3://'):]}/run/checkpoints/grpo")
                  if "/step_4/" in p}
         assert {"rng_0.pt", "polya_state.json", "ds/mp_rank_00_model_states.pt"} <= step4, sorted(step4)
+        # keepCheckpoints: 2 on an object store: steps 1 and 2 deleted, whole folders, once 3 and 4 were complete
+        left = {p.split("/checkpoints/grpo/")[1].split("/")[1] for p in client.find(f"{bucket[len('s3://'):]}/run/checkpoints/grpo")}
+        assert left == {"step_3", "step_4"}, sorted(left)
         assert grpo["figures"]["checkpoint_s"] > 0  # measured on S3 (0 on local storage)
         assert fresh.violations() == []
     finally:

@@ -53,36 +53,33 @@ class LearnerJob:
 
 def checkpoint_steps(ckpt_uri: str) -> list[int]:
     """The steps of the complete checkpoints (their state file exists) under ``ckpt_uri``, in order."""
-    return checkpoint_folders(ckpt_uri)[0]
-
-
-def stale_checkpoints(complete: list[int], partial: list[int], newest: int, keep: int | None) -> list[int]:
-    """The step folders to delete once checkpoint ``newest`` is complete: complete ones beyond the ``keep`` newest
-    (None: none of them), and partial ones (no state file: a crashed attempt's) older than ``newest``, which no
-    resume can use. Never ``newest`` itself, nor anything newer (a concurrent writer's)."""
-    old = [s for s in complete if s < newest]
-    drop = [] if keep is None else sorted(old)[: max(0, len(old) - (keep - 1))]
-    return sorted(set(drop) | {s for s in partial if s < newest})
-
-
-def checkpoint_folders(ckpt_uri: str) -> tuple[list[int], list[int]]:
-    """The steps of the complete and of the partial (no state file) ``step_<N>`` folders under ``ckpt_uri``."""
     from polya import storage
 
     if not storage.exists(ckpt_uri):
-        return [], []
-    found = [rel for rel in storage.listing(ckpt_uri) if rel.startswith("step_")]
-    steps = {int(rel.split("/")[0].split("_")[1]) for rel in found}
-    complete = {int(rel.split("/")[0].split("_")[1]) for rel in found if rel.endswith("/" + CKPT_STATE)}
-    return sorted(complete), sorted(steps - complete)
+        return []
+    found = storage.listing(ckpt_uri)
+    return sorted(int(rel.split("/")[0].split("_")[1]) for rel in found
+                  if rel.startswith("step_") and rel.endswith("/" + CKPT_STATE))
+
+
+def stale_checkpoints(complete: list[int], newest: int, keep: int | None) -> list[int]:
+    """The complete checkpoints to delete once checkpoint ``newest`` is complete: those older than it beyond the
+    ``keep`` newest (``newest`` counts as one; None: none). Never ``newest`` nor anything newer (another writer's).
+    A crashed attempt's partial folder is left alone: its step's next save replaces it."""
+    if keep is None:
+        return []
+    old = sorted(s for s in complete if s < newest)
+    return old[: max(0, len(old) - (keep - 1))]
 
 
 def prune_checkpoints(ckpt_uri: str, newest: int, keep: int | None) -> list[int]:
     """Delete `stale_checkpoints` under ``ckpt_uri``, each state file first (a half-deleted folder is never taken
-    for a complete checkpoint); returns the steps deleted."""
+    for a complete checkpoint); returns the steps deleted. Nothing is listed when ``keep`` is None."""
     from polya import storage
 
-    drop = stale_checkpoints(*checkpoint_folders(ckpt_uri), newest, keep)
+    if keep is None:
+        return []
+    drop = stale_checkpoints(checkpoint_steps(ckpt_uri), newest, keep)
     for step in drop:
         folder = storage.join(ckpt_uri, f"step_{step}")
         storage.remove(storage.join(folder, CKPT_STATE))
@@ -270,11 +267,35 @@ class Learner:
         torch.distributed.barrier()
         if self.rank == 0:
             storage.write_json(storage.join(uri, CKPT_STATE), {"step": step, **state, "resumes": self.resumes})
-            prune_checkpoints(self.job.ckpt_uri, step, self.job.keep_checkpoints)
         torch.distributed.barrier()
         if remote and self.node_leader:
             storage.remove(str(target))  # storage holds it now; a resume fetches it back
-        return time.perf_counter() - t0 if remote else 0.0
+        took = time.perf_counter() - t0 if remote else 0.0
+        if self.rank == 0:
+            self._prune(step)
+        return took
+
+    def _prune(self, newest: int) -> None:
+        """keepCheckpoints: older complete checkpoints go once ``newest`` is complete. A storage error here is
+        logged, never fatal: the training is sound, only the disk fuller."""
+        try:
+            dropped = prune_checkpoints(self.job.ckpt_uri, newest, self.job.keep_checkpoints)
+        except Exception as exc:  # noqa: BLE001 - housekeeping
+            print(f"checkpoint retention: could not delete old checkpoints under {self.job.ckpt_uri}: {exc}", flush=True)
+            return
+        if dropped:
+            print(f"checkpoint retention: deleted steps {dropped} (keepCheckpoints={self.job.keep_checkpoints})",
+                  flush=True)
+
+    def restate_checkpoint(self, step: int, state: dict[str, Any]) -> None:
+        """Rewrite the state of the complete checkpoint ``step`` (rank 0; atomic): a training that ends on a
+        step it has just saved marks it final without saving again, which on an object store would delete
+        the checkpoint before re-uploading it (with keepCheckpoints: 1 the only one)."""
+        from polya import storage
+
+        if self.rank == 0:
+            uri = storage.join(self.job.ckpt_uri, f"step_{step}")
+            storage.write_json(storage.join(uri, CKPT_STATE), {"step": step, **state, "resumes": self.resumes})
 
     def crash_if_asked(self, step: int) -> None:
         if step == self.job.crash_after_step:

@@ -93,7 +93,10 @@ class StageContext:
         if self.settings.deleteCheckpointsOnCommit:
             from polya import storage
 
-            storage.remove(job.ckpt_uri)
+            try:
+                storage.remove(job.ckpt_uri)
+            except Exception as exc:  # noqa: BLE001 - the stage is committed; only the disk stays fuller
+                log.warning("deleteCheckpointsOnCommit: could not delete %s: %s", job.ckpt_uri, exc)
 
     def engine(self, block: EngineSpec, model_path: str, served_name: str | None = None,
                model: ModelSpec | None = None) -> EngineConfig:

@@ -95,6 +95,7 @@ def train_loop(config: dict) -> None:
     state = learner.resume() or {"step": 0, "epoch": 0, "batch": 0, "log": []}
     step, rows = state["step"], state["log"]
     resumed_from = step
+    saved = step if learner.resumed is not None else None  # the newest step this training has in storage
     for epoch in range(state["epoch"], m.epochs):
         batches = epoch_batches(len(examples), job.learner.seed, epoch, learner.rank, learner.world, m.microBatchSize)
         losses: list[float] = []
@@ -114,8 +115,13 @@ def train_loop(config: dict) -> None:
             ray.train.report(row)
             if step % m.checkpointEvery == 0:
                 row["t_checkpoint"] = learner.checkpoint(step, {"epoch": epoch, "batch": b + 1, "log": rows})
+                saved = step
             learner.crash_if_asked(step)
-    learner.checkpoint(step, {"epoch": m.epochs, "batch": 0, "log": rows})
+    final = {"epoch": m.epochs, "batch": 0, "log": rows}  # a resume from it skips the loop
+    if saved == step:
+        learner.restate_checkpoint(step, final)  # this step is in storage already
+    else:
+        learner.checkpoint(step, final)
     learner.save({"train_log.json": {"examples": len(examples), "steps": step, "grad_accum": sizes.grad_accum,
                                      "world": learner.world, "log": rows}})
 
