@@ -65,7 +65,8 @@ def checkpoint_steps(ckpt_uri: str) -> list[int]:
 def stale_checkpoints(complete: list[int], newest: int, keep: int | None) -> list[int]:
     """The complete checkpoints to delete once checkpoint ``newest`` is complete: those older than it beyond the
     ``keep`` newest (``newest`` counts as one; None: none). Never ``newest`` nor anything newer (another writer's).
-    A crashed attempt's partial folder is left alone: its step's next save replaces it."""
+    A crashed attempt's partial folder is left alone (deleting it could gut a concurrent writer's): a later save
+    of its step replaces it, else it stays until deleteCheckpointsOnCommit."""
     if keep is None:
         return []
     old = sorted(s for s in complete if s < newest)
@@ -225,7 +226,9 @@ class Learner:
         torch.set_rng_state(rng["cpu"])
         if rng.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])
-        state = json.loads((folder / CKPT_STATE).read_text())
+        # from storage, not the node's copy: a copy is re-checked by the hashes of the pushed files, and the state
+        # file is not one of them (`restate_checkpoint` rewrites it alone)
+        state = storage.read_json(storage.join(latest, CKPT_STATE))
         # the data position the loop resumes at: the state's scalars (SFT: epoch, batch; GRPO has none)
         position = {k: v for k, v in state.items()
                     if k not in ("step", "log", "resumes") and not isinstance(v, (dict, list))}
