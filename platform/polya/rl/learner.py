@@ -269,7 +269,7 @@ class Learner:
             storage.push(target, uri, skip=(CKPT_STATE,))
         torch.distributed.barrier()
         if self.rank == 0:
-            storage.write_json(storage.join(uri, CKPT_STATE), {"step": step, **state, "resumes": self.resumes})
+            self._write_state(step, state)
         torch.distributed.barrier()
         if remote and self.node_leader:
             storage.remove(str(target))  # storage holds it now; a resume fetches it back
@@ -294,11 +294,15 @@ class Learner:
         """Rewrite the state of the complete checkpoint ``step`` (rank 0; atomic): a training that ends on a
         step it has just saved marks it final without saving again, which on an object store would delete
         the checkpoint before re-uploading it (with keepCheckpoints: 1 the only one)."""
+        if self.rank == 0:
+            self._write_state(step, state)
+
+    def _write_state(self, step: int, state: dict[str, Any]) -> None:
+        """The state file of checkpoint ``step``, written last: its presence makes the checkpoint complete."""
         from polya import storage
 
-        if self.rank == 0:
-            uri = storage.join(self.job.ckpt_uri, f"step_{step}")
-            storage.write_json(storage.join(uri, CKPT_STATE), {"step": step, **state, "resumes": self.resumes})
+        uri = storage.join(self.job.ckpt_uri, f"step_{step}", CKPT_STATE)
+        storage.write_json(uri, {"step": step, **state, "resumes": self.resumes})
 
     def crash_if_asked(self, step: int) -> None:
         if step == self.job.crash_after_step:
